@@ -57,6 +57,7 @@ class Accountant:
     devices: dict[tuple[str, Owner], DeviceCounters] = field(default_factory=dict)
     energy: dict[str, _Energy] = field(default_factory=dict)
     efficiency: float | None = None
+    energy_priced: bool = False  # an electricity price was ever in force: gaudi_energy_cost_usd_total is meaningful
     last_tick: float | None = None
     _rates: Rates = field(default_factory=Rates)
     _history_t: list[float] = field(default_factory=list)
@@ -73,6 +74,7 @@ class Accountant:
         owners = owners or {}
         dt = 0.0 if self.last_tick is None else max(0.0, now - self.last_tick)
         in_force = self._rates
+        self.energy_priced = self.energy_priced or _finite(rates.electricity_usd_per_kwh) is not None
         if dt > 0:
             self._integrate(dt, devices, in_force, owners, namespace_index)
         else:
@@ -88,14 +90,14 @@ class Accountant:
     def _integrate(self, dt: float, devices: list[DeviceReading], rates: Rates,
                    owners: Mapping[str, Owner], namespace_index: int | None) -> None:
         hours = dt / 3600.0
-        paid = _finite(rates.paid_usd_per_hour)
+        paid = _price(rates.paid_usd_per_hour)
         joules = sum(self._energy_delta(d, dt) for d in devices)
         if paid is not None:
             self.node_cost_usd += paid * hours
-            if rates.spot and (od := _finite(rates.on_demand_usd_per_hour)) is not None:
+            if rates.spot and (od := _price(rates.on_demand_usd_per_hour)) is not None:
                 self.spot_savings_usd += max(0.0, od - paid) * hours
-        if (kwh_price := _finite(rates.electricity_usd_per_kwh)) is not None:
-            self.energy_cost_usd += joules / JOULES_PER_KWH * kwh_price * max(rates.pue, 0.0)
+        if (kwh_price := _price(rates.electricity_usd_per_kwh)) is not None:
+            self.energy_cost_usd += joules / JOULES_PER_KWH * kwh_price * (_price(rates.pue) or 1.0)
         share = paid / len(devices) if paid is not None and devices else None
         for d in devices:
             owner = owners.get(d.key, ())
@@ -117,7 +119,7 @@ class Accountant:
     def _energy_delta(self, d: DeviceReading, dt: float) -> float:
         """Joules this device used in the interval: from the driver's counter, else power x time."""
         e = self.energy.setdefault(d.key, _Energy())
-        raw = _finite(d.energy_joules)
+        raw = _price(d.energy_joules)  # finite and not negative, like a price
         if raw is not None:
             if e.last_raw is None:  # first sight: the counter starts at the driver's "since driver load" value
                 e.total_joules += raw
@@ -170,6 +172,12 @@ def _finite(x: float | None) -> float | None:
     if x is None or not math.isfinite(x):
         return None
     return float(x)
+
+
+def _price(x: float | None) -> float | None:
+    """A usable price: finite and not negative; anything else is treated as unknown (nothing accrues)."""
+    x = _finite(x)
+    return x if x is not None and x >= 0 else None
 
 
 def _clamp01(x: float | None) -> float | None:

@@ -149,6 +149,8 @@ _ALL: list[Metric] = [
        ("region", "zone", "instance_type", "product", "source"), group=Group.MARKET),
     _m("gaudi_on_demand_market_price_usd_per_hour", G, "", "On-demand price by region and type.",
        ("region", "instance_type", "source"), group=Group.MARKET),
+    _m("gaudi_market_errors_total", C, "", "Failed market look-ups by region and reason.", ("region", "reason"),
+       group=Group.MARKET),
     _m("gaudi_market_last_success_timestamp_seconds", G, "seconds", "Unix time of the last good market refresh.",
        ("source",), group=Group.MARKET),
     # --- Kubernetes / HPC attribution

@@ -84,7 +84,7 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
 
         section = settings.section("pricing")
         try:
-            source = pricing.create(section, identity, model=backend_model(backend))
+            source = pricing.create(section, identity, device_model=backend_model(backend) or "")
         except ValueError as e:
             raise StartupError(f"pricing: {e}") from e
         pc = PricingCollector(source, identity, electricity_usd_per_kwh=settings["pricing.electricity.usd_per_kwh"],

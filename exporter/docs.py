@@ -45,3 +45,22 @@ def metrics_json() -> str:
     return json.dumps([{"name": m.name, "type": m.kind.value, "unit": m.unit, "help": m.help,
                         "labels": list(m.label_names()), "group": m.group.value}
                        for m in catalogue.METRICS.values()], indent=2) + "\n"
+
+
+def options_markdown() -> str:
+    """Every flag with its YAML key, environment variable and default (the README includes it)."""
+    from exporter.cli import GROUP_TITLES, _flag
+    from exporter.config import OPTIONS
+
+    lines = ["| flag | YAML key / environment variable | default | meaning |", "| --- | --- | --- | --- |"]
+    for o in OPTIONS:
+        flag = _flag(o)
+        if o.type is bool:
+            flag = f"{flag}, --no-{flag[2:]}"
+        default = "" if o.default is None else (",".join(o.default) if isinstance(o.default, list) else o.default)
+        sep, empty = " \\| ", '""'
+        choices = " (" + sep.join(c or empty for c in o.choices) + ")" if o.choices else ""
+        shown = f"`{default}`" if default != "" else ""
+        lines.append(f"| `{flag}` | `{o.key}` / `{o.env}` | {shown} | {GROUP_TITLES[o.group]}: "
+                     f"{o.help}{choices} |")
+    return "\n".join(lines) + "\n"

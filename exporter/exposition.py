@@ -210,9 +210,11 @@ class ViewCollector:
                 f.add_metric([source, reason], n)
             yield f
         if acct is not None:
-            for name, value in (("gaudi_node_cost_usd_total", acct.node_cost_usd),
-                                ("gaudi_energy_cost_usd_total", acct.energy_cost_usd),
-                                ("gaudi_spot_savings_usd_total", acct.spot_savings_usd)):
+            totals = [("gaudi_node_cost_usd_total", acct.node_cost_usd),
+                      ("gaudi_spot_savings_usd_total", acct.spot_savings_usd)]
+            if acct.energy_priced:
+                totals.append(("gaudi_energy_cost_usd_total", acct.energy_cost_usd))
+            for name, value in totals:
                 f = _family(name)
                 f.add_metric([], value)
                 yield f
@@ -260,6 +262,10 @@ class ViewCollector:
         for region, itype, usd in m.on_demand:
             od.add_metric([region, itype, m.source], usd)
         yield od
+        errors = _family("gaudi_market_errors_total")
+        for (region, reason), n in sorted(getattr(m, "errors", {}).items()):
+            errors.add_metric([region, reason], n)
+        yield errors
         if m.last_success is not None:
             f = _family("gaudi_market_last_success_timestamp_seconds")
             f.add_metric([m.source], m.last_success)

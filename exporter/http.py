@@ -18,13 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as CONTENT_TYPE_OPENMETRICS
-
 from exporter.exposition import Exposition
 from exporter.webconfig import WebConfig
 
 log = logging.getLogger(__name__)
+
+# the classic text format that every Prometheus since 2.0 reads; OpenMetrics when the scraper asks for it
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 
 
 @dataclass
@@ -83,7 +84,7 @@ class Handler(BaseHTTPRequestHandler):
             om = "application/openmetrics-text" in self.headers.get("Accept", "")
             gz = "gzip" in self.headers.get("Accept-Encoding", "")
             body = (exp.openmetrics_gz if gz else exp.openmetrics) if om else (exp.text_gz if gz else exp.text)
-            self._send(200, body, CONTENT_TYPE_OPENMETRICS if om else CONTENT_TYPE_LATEST,
+            self._send(200, body, CONTENT_TYPE_OPENMETRICS if om else CONTENT_TYPE_TEXT,
                        {"Content-Encoding": "gzip"} if gz else None)
         elif path == "/healthz":
             if site.healthy():
@@ -134,7 +135,11 @@ class Handler(BaseHTTPRequestHandler):
             self._send(400, f"bad checkpoint report: {e}; send {{\"timestamp\": <unix time>, \"job\": \"name\"}}\n"
                        .encode())
             return
-        self.site.record_checkpoint(ts, job)
+        try:
+            self.site.record_checkpoint(ts, job)
+        except ValueError as e:
+            self._send(400, f"bad checkpoint report: {e}\n".encode())
+            return
         self._send(204, b"")
 
 

@@ -17,6 +17,7 @@ class MarketCollector:
         self.watcher = watcher  # exporter.market.fetch.MarketWatcher
         self.refresh_seconds = refresh_seconds
         self.clock = clock
+        self.attempted = threading.Event()  # set once the first refresh has run, good or bad
 
     def start_refresher(self, stop: threading.Event) -> threading.Thread:
         def run() -> None:
@@ -25,6 +26,7 @@ class MarketCollector:
                     self.watcher.refresh(self.clock())
                 except Exception:  # noqa: BLE001
                     log.exception("market refresh failed")
+                self.attempted.set()
                 stop.wait(self.refresh_seconds)
 
         t = threading.Thread(target=run, name="market-refresh", daemon=True)
@@ -33,7 +35,7 @@ class MarketCollector:
 
     def collect(self, now: float, partial: dict | None = None) -> object:
         snap = self.watcher.snapshot()
-        if snap.last_success is None:
+        if snap.last_success is None and self.attempted.is_set():
             from exporter.loop import PartialFailure
 
             raise PartialFailure("no market data yet (see the log for the source's errors)", snap)

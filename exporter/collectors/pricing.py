@@ -31,6 +31,7 @@ class PricingCollector:
         self.electricity_usd_per_kwh = electricity_usd_per_kwh
         self.pue = pue
         self.clock = clock
+        self.attempted = threading.Event()  # set once the first refresh has run, good or bad
 
     def start_refresher(self, stop: threading.Event, every: float = 5.0) -> threading.Thread:
         """Calls source.refresh() off the tick: the source decides when a look-up is due and backs off itself."""
@@ -41,6 +42,7 @@ class PricingCollector:
                     self.source.refresh(self.clock())
                 except Exception:  # noqa: BLE001 - a refresh bug must not end price updates for good
                     log.exception("price refresh failed")
+                self.attempted.set()
                 stop.wait(every)
 
         t = threading.Thread(target=run, name="price-refresh", daemon=True)
@@ -59,7 +61,7 @@ class PricingCollector:
             pue=self.pue,
         )
         result = PricingResult(prices, self.identity, rates)
-        if paid is None:
+        if paid is None and self.attempted.is_set():
             raise PartialFailure(f"no price yet from pricing source {self.source.name!r}; cost counters are not "
                                  "advancing (see gaudi_pricing_errors_total)", result)
         return result

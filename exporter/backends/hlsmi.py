@@ -1,0 +1,225 @@
+"""HPU readings from the ``hl-smi`` CSV query mode, for nodes where libhlml cannot be loaded in-process.
+
+hl-smi prints one line per device, values separated by ", ", with units ("131072 MiB", "226 W", "36 C",
+"0 %", "1600 MHz") unless ``nounits`` was asked for; we accept both. A line we cannot parse is that device's
+error, never the whole backend's; a failed or hung hl-smi is the whole backend's.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from exporter.backends.base import BackendUnavailable
+from exporter.backends.hlml import DeviceModel, generation
+from exporter.readings import BackendResult, DeviceError, DeviceIdentity, DeviceReading, SlowReading
+
+log = logging.getLogger(__name__)
+
+FIELDS = (
+    "index", "uuid", "serial", "name", "bus_id", "driver_version", "utilization.aip", "memory.used",
+    "memory.total", "power.draw", "power.max", "temperature.aip", "clocks.current.soc",
+)
+SLOW_FIELDS = FIELDS + ("ecc.errors.corrected.aggregate.total", "ecc.errors.uncorrected.aggregate.total")
+FORMAT = "csv,noheader"
+DEFAULT_TIMEOUT = 10.0
+
+# What hl-smi prints for a value the device does not report (compared case-insensitively, brackets stripped).
+NOT_AVAILABLE = {"n/a", "na", "not supported", "unsupported", "not available", "-"}
+
+# Numeric field -> (unit hl-smi prints, assumed when none is, {lower-case unit: factor to our base unit}).
+MIB = 1024**2
+_UNITS: dict[str, tuple[str, dict[str, float]]] = {
+    "index": ("", {"": 1}),
+    "utilization.aip": ("%", {"%": 0.01}),  # -> ratio 0-1
+    "memory.used": ("MiB", {"b": 1, "kib": 1024, "mib": MIB, "gib": 1024**3}),  # -> bytes
+    "memory.total": ("MiB", {"b": 1, "kib": 1024, "mib": MIB, "gib": 1024**3}),
+    "power.draw": ("W", {"w": 1, "mw": 0.001}),  # -> watts
+    "power.max": ("W", {"w": 1, "mw": 0.001}),
+    "temperature.aip": ("C", {"c": 1}),  # -> celsius
+    "clocks.current.soc": ("MHz", {"hz": 1, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}),  # -> hertz
+    "ecc.errors.corrected.aggregate.total": ("", {"": 1}),
+    "ecc.errors.uncorrected.aggregate.total": ("", {"": 1}),
+}
+_NUMBER = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*([A-Za-z%]*)$")
+_BANNER = re.compile(r"^\s*(#|habanalabs hl-smi)", re.IGNORECASE)  # version banner some releases print first
+
+
+class HlSmiError(RuntimeError):
+    """hl-smi itself failed (exit status, timeout): no device could be read this tick."""
+
+
+class LineError(ValueError):
+    """One CSV line could not be parsed; the message names the field."""
+
+
+def parse_value(field: str, raw: str) -> float | str | None:
+    """One CSV cell -> base-unit number, text, or None when hl-smi reports it unavailable."""
+    value = raw.strip()
+    if value.strip("[]").strip().lower() in NOT_AVAILABLE:
+        return None
+    if field not in _UNITS:
+        return value
+    default_unit, factors = _UNITS[field]
+    m = _NUMBER.match(value)
+    if not m:
+        raise LineError(f"field {field} is not a number: {raw.strip()!r}")
+    unit = (m.group(2) or default_unit).lower()
+    if unit not in factors:
+        raise LineError(f"field {field} has unit {m.group(2)!r}, expected {default_unit or 'none'}")
+    return float(m.group(1)) * factors[unit]
+
+
+@dataclass(frozen=True)
+class _Row:
+    index: int
+    uuid: str
+    values: dict[str, float | str | None]
+
+
+def parse_line(line: str, fields: tuple[str, ...], line_number: int) -> _Row:
+    """Split and convert one line; raises LineError naming the line and field."""
+    cells = [c.strip() for c in line.split(",")]
+    index_guess, uuid_guess = line_number, ""  # who the line is about, even when it is broken
+    if "index" in fields and fields.index("index") < len(cells) and cells[fields.index("index")].isdigit():
+        index_guess = int(cells[fields.index("index")])
+    if len(cells) == len(fields) and "uuid" in fields:
+        uuid_guess = cells[fields.index("uuid")]
+    try:
+        if len(cells) != len(fields):
+            missing = f", missing {fields[len(cells)]} onwards" if len(cells) < len(fields) else ""
+            raise LineError(f"expected {len(fields)} fields, got {len(cells)}{missing}")
+        values = {f: parse_value(f, c) for f, c in zip(fields, cells, strict=True)}
+    except LineError as e:
+        where = f"hl-smi line {line_number + 1} ({_clip(line)!r})"
+        raise LineError(f"{where}: {e}", index_guess, uuid_guess) from e
+    index = values.get("index")
+    index = int(index) if isinstance(index, float) else index_guess
+    return _Row(index, str(values.get("uuid") or ""), values)
+
+
+def _clip(line: str, limit: int = 160) -> str:
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _number(values: dict, field: str) -> float | None:
+    v = values.get(field)
+    return v if isinstance(v, float) else None
+
+
+def _int(values: dict, field: str) -> int | None:
+    v = _number(values, field)
+    return round(v) if v is not None else None
+
+
+def _text(values: dict, field: str) -> str:
+    v = values.get(field)
+    return v if isinstance(v, str) else ""
+
+
+def to_reading(row: _Row, slow: bool) -> DeviceReading:
+    v = row.values
+    name = _text(v, "name")
+    temp = _number(v, "temperature.aip")
+    soc = _number(v, "clocks.current.soc")
+    util = _number(v, "utilization.aip")
+    return DeviceReading(
+        identity=DeviceIdentity(index=row.index, uuid=row.uuid, serial=_text(v, "serial"), name=name,
+                                model=generation(name), pci_bus_id=_text(v, "bus_id"),
+                                driver_version=_text(v, "driver_version")),
+        utilization=min(1.0, max(0.0, util)) if util is not None else None,
+        memory_used_bytes=_int(v, "memory.used"),
+        memory_total_bytes=_int(v, "memory.total"),
+        power_watts=_number(v, "power.draw"),
+        power_limit_watts=_number(v, "power.max"),
+        temperatures=(("aip", temp),) if temp is not None else (),
+        clocks_hertz=(("soc", soc),) if soc is not None else (),
+        slow=SlowReading(ecc_corrected=_int(v, "ecc.errors.corrected.aggregate.total"),
+                         ecc_uncorrected=_int(v, "ecc.errors.uncorrected.aggregate.total")) if slow else None,
+    )
+
+
+def parse_output(stdout: str, fields: tuple[str, ...], slow: bool) -> BackendResult:
+    """The whole CSV output -> readings and per-line errors."""
+    devices: list[DeviceReading] = []
+    errors: list[DeviceError] = []
+    line_number = 0
+    for line in stdout.splitlines():
+        if not line.strip() or _BANNER.match(line):
+            continue
+        if line.split(",")[0].strip() == fields[0]:  # a header row, if this hl-smi ignored noheader
+            continue
+        try:
+            devices.append(to_reading(parse_line(line, fields, line_number), slow))
+        except LineError as e:
+            message, index, uuid = e.args
+            errors.append(DeviceError(index, uuid, message))
+        line_number += 1
+    return BackendResult(devices=tuple(devices), errors=tuple(errors))
+
+
+class HlSmiBackend:
+    name = "hlsmi"
+
+    def __init__(self, path: str = "hl-smi", *, timeout: float = DEFAULT_TIMEOUT,
+                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._run = run
+        self._exe: str | None = None
+        self.line_errors_total = 0  # garbled/partial lines since start (also in each result's errors)
+        self.model: DeviceModel | None = None  # set by open() from the first device
+
+    def open(self) -> None:
+        exe = shutil.which(self.path)
+        if exe is None:
+            if os.sep in self.path and os.path.exists(self.path):
+                why = "is not an executable file"
+            else:
+                why = "was not found" + ("" if os.sep in self.path else " on PATH")
+            raise BackendUnavailable(f"hl-smi {self.path!r} {why}; install the Intel Gaudi software "
+                                     "or point --hlsmi.path at hl-smi")
+        self._exe = exe
+        try:
+            result = self.read(slow=False)
+        except HlSmiError as e:
+            self._exe = None
+            raise BackendUnavailable(str(e)) from e
+        if result.devices and result.devices[0].identity.name:
+            ident = result.devices[0].identity
+            self.model = DeviceModel(ident.name, ident.model)
+        log.info("hlsmi backend: %s answers for %d device(s)", exe, len(result.devices) + len(result.errors))
+
+    def close(self) -> None:
+        self._exe = None
+
+    def command(self, slow: bool) -> list[str]:
+        fields = SLOW_FIELDS if slow else FIELDS
+        return [self._exe or self.path, "-Q", ",".join(fields), "-f", FORMAT]
+
+    def read(self, *, slow: bool) -> BackendResult:
+        if self._exe is None:
+            raise HlSmiError("hlsmi backend read before open() succeeded")
+        cmd = self.command(slow)
+        try:
+            proc = self._run(cmd, capture_output=True, text=True, timeout=self.timeout, check=False,
+                             errors="replace")
+        except subprocess.TimeoutExpired as e:
+            raise HlSmiError(f"{self._exe} did not answer within {self.timeout:g} s") from e
+        except OSError as e:
+            raise HlSmiError(f"could not run {self._exe}: {e}") from e
+        if proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout or "").strip().splitlines()
+            raise HlSmiError(f"{self._exe} exited with status {proc.returncode}"
+                             + (f": {_clip(' | '.join(detail[-3:]))}" if detail else ""))
+        result = parse_output(proc.stdout, SLOW_FIELDS if slow else FIELDS, slow)
+        if result.errors:
+            self.line_errors_total += len(result.errors)
+            for err in result.errors:  # the HPU collector reports them; this is for debugging the parser
+                log.debug("HPU %d: %s", err.index, err.message)
+        return result

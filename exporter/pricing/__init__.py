@@ -1,0 +1,81 @@
+"""Price sources: where this node's price per hour comes from (static, on-prem or live AWS).
+
+``create(settings, identity)`` validates the ``pricing`` config section and returns a ``PriceSource``; the
+daemon calls ``refresh(now)`` from a background thread and ``prices(now)`` on each tick.
+"""
+
+from __future__ import annotations
+
+import random as _random
+import time
+from collections.abc import Callable
+
+from exporter.pricing.base import NodeIdentity, NodePrices, Price, PriceSource, positive
+
+__all__ = ["NodeIdentity", "NodePrices", "Price", "PriceSource", "create", "electricity"]
+
+SOURCES = ("static", "on_prem", "aws")
+
+
+def electricity(settings: dict) -> tuple[float | None, float]:
+    """(USD per kWh or None when energy cost is off, PUE), validated."""
+    section = settings.get("electricity") or {}
+    usd = section.get("usd_per_kwh")
+    usd_v = None if usd is None else positive(usd, "pricing.electricity.usd_per_kwh", allow_zero=True)
+    pue = positive(section.get("pue", 1.0), "pricing.electricity.pue")
+    if pue < 1.0:
+        raise ValueError(f"pricing.electricity.pue must be >= 1.0 (facility power / IT power), got {pue!r}")
+    return usd_v, pue
+
+
+def create(settings: dict, identity: NodeIdentity, *, clock: Callable[[], float] = time.time, ec2_client=None,
+           pricing_client=None, device_model: str = "",
+           random: Callable[[], float] = _random.random) -> PriceSource:
+    """Build the configured price source; ValueError naming the key on bad settings.
+
+    ``device_model`` (e.g. "HL-325L") lets a static source pick a built-in entry when there is no instance
+    type.
+    """
+    source = settings.get("source", "static")
+    if source not in SOURCES:
+        raise ValueError(f"pricing.source must be one of {', '.join(SOURCES)}, got {source!r}")
+    electricity(settings)
+    if source == "static":
+        from exporter.pricing.static import create_static
+
+        return create_static(settings.get("static") or {}, identity, clock, device_model)
+    if source == "on_prem":
+        from exporter.pricing.on_prem import create_on_prem
+
+        return create_on_prem(settings.get("on_prem") or {}, clock)
+    return _create_aws(settings.get("aws") or {}, identity, ec2_client, pricing_client, random)
+
+
+def _create_aws(aws: dict, identity: NodeIdentity, ec2_client, pricing_client, random) -> PriceSource:
+    from exporter.pricing.aws import AwsSource, make_client
+
+    if not identity.instance_type:
+        raise ValueError("pricing.source=aws needs the instance type: node.instance_type (or IMDS)")
+    if not identity.region:
+        raise ValueError("pricing.source=aws needs the region: node.region (or IMDS)")
+    if identity.lifecycle == "spot" and not identity.zone:
+        raise ValueError("pricing.source=aws on a spot node needs the zone: node.zone (or IMDS)")
+    spot_s = positive(aws.get("spot_refresh_seconds", 300), "pricing.aws.spot_refresh_seconds")
+    od_s = positive(aws.get("on_demand_refresh_seconds", 21600), "pricing.aws.on_demand_refresh_seconds")
+    product = aws.get("product_description", "Linux/UNIX")
+    if not isinstance(product, str) or not product:
+        raise ValueError(f"pricing.aws.product_description must be a non-empty string, got {product!r}")
+    pricing_region = aws.get("pricing_region", "us-east-1")
+    if pricing_region not in ("us-east-1", "eu-central-1", "ap-south-1"):
+        raise ValueError("pricing.aws.pricing_region must be one of us-east-1, eu-central-1, ap-south-1 (the "
+                         f"Pricing API endpoints), got {pricing_region!r}")
+    attempts = aws.get("max_attempts", 3)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+        raise ValueError(f"pricing.aws.max_attempts must be an integer >= 1, got {attempts!r}")
+    if ec2_client is None:
+        ec2_client = make_client("ec2", identity.region, attempts)
+    if pricing_client is None:
+        pricing_client = make_client("pricing", pricing_region, attempts)
+    return AwsSource(identity, ec2_client=ec2_client, pricing_client=pricing_client,
+                     spot_refresh_seconds=spot_s, on_demand_refresh_seconds=od_s,
+                     product_description=product, random=random)

@@ -1,0 +1,1 @@
+"""FAKE habana_frameworks.torch: the real one registers the HPU device with torch; this one does nothing."""
