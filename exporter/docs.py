@@ -64,3 +64,18 @@ def options_markdown() -> str:
         lines.append(f"| `{flag}` | `{o.key}` / `{o.env}` | {shown} | {GROUP_TITLES[o.group]}: "
                      f"{o.help}{choices} |")
     return "\n".join(lines) + "\n"
+
+
+def update_readme(path: str = "README.md") -> None:
+    """Rewrite the README's generated flag table in place."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    begin = text.index("\n", text.index("<!-- flags:begin")) + 1
+    end = text.index("<!-- flags:end -->")
+    p.write_text(text[:begin] + options_markdown() + text[end:])
+
+
+if __name__ == "__main__":
+    update_readme()

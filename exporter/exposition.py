@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import generate_latest
-from prometheus_client.openmetrics.exposition import generate_latest as generate_latest_om
 
-from exporter import catalogue
+from exporter import catalogue, render
 from exporter.accounting import Accountant, Owner
 from exporter.readings import DeviceIdentity, Snapshot
 
@@ -292,6 +290,7 @@ class Renderer:
 
     def render(self, view: View) -> Exposition:
         self.collector.view = view
-        text = generate_latest(self.registry)
-        om = generate_latest_om(self.registry)
+        families = list(self.registry.collect())
+        text = render.text(families)
+        om = render.openmetrics(families)
         return Exposition(text, gzip.compress(text, 1), om, gzip.compress(om, 1))

@@ -217,3 +217,24 @@ def test_loop_thread_ticks_in_the_background():
         stop.set()
         t.join(2)
     assert not t.is_alive()
+
+
+def test_our_writer_says_what_prometheus_clients_writer_says():
+    """The fast writer must parse to the same samples as prometheus_client's own, in both formats."""
+    from prometheus_client.exposition import generate_latest
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_om
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+    loop, _ = make_loop(profile="degraded")
+    for _ in range(3):
+        exp = loop.tick()
+    reference = generate_latest(loop.renderer.registry)
+    assert samples(exp.text).keys() == samples(reference).keys()
+    ours = {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in parse_om(exp.openmetrics.decode()) for s in f.samples}
+    theirs = {(s.name, tuple(sorted(s.labels.items()))): s.value
+              for f in parse_om(generate_om(loop.renderer.registry).decode()) for s in f.samples}
+    assert ours.keys() == theirs.keys()
+    volatile = ("process_", "gaudi_exporter_collector_duration", "gaudi_exporter_last_collection")
+    assert {k: v for k, v in ours.items() if not k[0].startswith(volatile)} == \
+        {k: v for k, v in theirs.items() if not k[0].startswith(volatile)}
