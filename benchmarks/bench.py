@@ -123,14 +123,15 @@ def main() -> int:
               f"p99 {base['p99'] * 1e3:.3f} ms, peak RSS {base['rss']:.1f} MB")
     else:
         print("node_exporter not installed: no baseline (apt-get install prometheus-node-exporter)")
-    print("| HPUs | scrape median | scrape p99 | vs node_exporter | exposition | CPU per tick (median/p99) | peak RSS |")
+    print("| HPUs | scrape median | scrape p99 | vs node_exporter | exposition | CPU per tick (median/p99) "
+          "| peak RSS |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for n in args.devices:
         r = run_exporter(n, args.scrapes)
         cpu_med, cpu_p99 = tick_cpu(n)
         ratio = f"{base['median'] / r['median']:.0f}x faster" if base else "n/a"
-        print(f"| {n} | {r['median'] * 1e3:.3f} ms | {r['p99'] * 1e3:.3f} ms | {ratio} | {r['bytes'] / 1024:.0f} KiB "
-              f"| {cpu_med * 1e3:.2f} / {cpu_p99 * 1e3:.2f} ms | {r['rss']:.1f} MB |")
+        print(f"| {n} | {r['median'] * 1e3:.3f} ms | {r['p99'] * 1e3:.3f} ms | {ratio} "
+              f"| {r['bytes'] / 1024:.0f} KiB | {cpu_med * 1e3:.2f} / {cpu_p99 * 1e3:.2f} ms | {r['rss']:.1f} MB |")
     return 0
 
 
