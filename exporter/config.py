@@ -96,6 +96,12 @@ OPTIONS: list[Option] = [
       group="pricing"),
     Opt("pricing.aws.on_demand_refresh_seconds", float, 21600.0, "seconds between on-demand price look-ups",
       minimum=60, group="pricing"),
+    Opt("pricing.aws.backoff_base_seconds", float, 30.0, "first retry delay after an AWS error; doubles per "
+        "failure, with jitter", minimum=1, group="pricing"),
+    Opt("pricing.aws.backoff_max_seconds", float, 3600.0, "longest retry delay after AWS errors", minimum=1,
+        group="pricing"),
+    Opt("pricing.aws.max_attempts", int, 3, "attempts per AWS call (boto3's own retries)", minimum=1,
+        group="pricing"),
     Opt("pricing.aws.product_description", str, "Linux/UNIX", "spot product description", group="pricing"),
     Opt("pricing.aws.pricing_region", str, "us-east-1", "region of the AWS Pricing endpoint",
       ("us-east-1", "eu-central-1", "ap-south-1"), group="pricing"),

@@ -78,4 +78,6 @@ def _create_aws(aws: dict, identity: NodeIdentity, ec2_client, pricing_client, r
         pricing_client = make_client("pricing", pricing_region, attempts)
     return AwsSource(identity, ec2_client=ec2_client, pricing_client=pricing_client,
                      spot_refresh_seconds=spot_s, on_demand_refresh_seconds=od_s,
-                     product_description=product, random=random)
+                     product_description=product, random=random,
+                     backoff_base=positive(aws.get("backoff_base_seconds", 30), "pricing.aws.backoff_base_seconds"),
+                     backoff_cap=positive(aws.get("backoff_max_seconds", 3600), "pricing.aws.backoff_max_seconds"))

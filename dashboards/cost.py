@@ -1,0 +1,105 @@
+"""Cost overview: what the Gaudi fleet costs now, today, this month, against budget, and how much of it is idle."""
+
+from __future__ import annotations
+
+from dashboards import panels as P
+from dashboards.panels import DEVICE_SEL, NODE_SEL, USD, Q, metric
+from dashboards.settings import Settings
+
+UID = "gaudi-cost"
+TITLE = "Gaudi / Cost overview"
+
+COST = metric("gaudi_node_cost_usd_total")
+RATE = metric("node:gaudi_node_cost_usd_per_hour:rate5m")
+HPU_COST = metric("gaudi_hpu_cost_usd_total")
+IDLE = metric("gaudi_hpu_idle_cost_usd_total")
+NS_RATE = metric("namespace:gaudi_namespace_cost_usd_per_hour:rate5m")
+SAVINGS = metric("gaudi_spot_savings_usd_total")
+SAVINGS_RATE = metric("node:gaudi_spot_savings_usd_per_hour:rate5m")
+IDLE_RATIO = metric("node:gaudi_idle_cost_ratio:rate1h")
+
+SPEND_NOW = f"sum({RATE}{{{NODE_SEL}}})"
+# Hours left in this calendar month (UTC), for the projection.
+HOURS_LEFT = "scalar((days_in_month() - day_of_month()) * 24 + 24 - hour() - minute() / 60)"
+
+WARN_AT = 0.8  # budget share at which the bar turns orange
+
+
+def _budget_panel(s: Settings) -> P.Panel:
+    queries = []
+    for label, budget, window in (("daily", s.daily_budget_usd, s.daily_window),
+                                  ("monthly", s.monthly_budget_usd, s.monthly_window)):
+        if budget:
+            queries.append(Q(f"sum(increase({COST}{{{NODE_SEL}}}[{window}])) / {budget:g}",
+                             f"{label}: last {window} of {budget:g} USD", instant=True))
+    if not queries:  # every budget disabled (null): show the spend itself so the panel never lies
+        return P.bargauge("Spend (no budget set)", USD,
+                          [Q(f"sum(increase({COST}{{{NODE_SEL}}}[{w}]))", f"last {w}", instant=True)
+                           for w in (s.daily_window, s.monthly_window)], w=8, h=6,
+                          description=f"Set budgets.cluster in {s.source} to see the share used here.")
+    return P.bargauge("Budget used", P.RATIO, queries, w=8, h=6, min_=0, max_=1.2,
+                      description=f"Spend over the rolling windows as a share of budgets.cluster in {s.source}; "
+                                  "the budget alerts use the same numbers.",
+                      thresholds=P.steps(("green", None), ("orange", WARN_AT), ("red", 1.0)))
+
+
+def build(s: Settings) -> P.Board:
+    node_link = [P.link("Node ${__field.labels.instance} in the fleet", "gaudi-fleet",
+                        node="${__field.labels.instance}")]
+    money = P.steps(("blue", None))
+    top = [
+        P.stat("Spend now (USD/h)", USD, [Q(SPEND_NOW, "USD/h", instant=True)], decimals=2, thresholds=money,
+               description="Cost rate of the selected nodes over the last 5 minutes, in USD per hour."),
+        P.stat("Today", USD, [Q(f"sum(increase({COST}{{{NODE_SEL}}}[$__range]))", "today", instant=True)],
+               time_from="now/d", decimals=2, thresholds=money, description="Spend since midnight."),
+        P.stat("Last 30 days", USD, [Q(f"sum(increase({COST}{{{NODE_SEL}}}[$__range]))", "30 d", instant=True)],
+               time_from="30d", decimals=2, thresholds=money),
+        P.stat("Projected this month", USD,
+               [Q(f"sum(increase({COST}{{{NODE_SEL}}}[$__range])) + {SPEND_NOW} * {HOURS_LEFT}", "projected",
+                  instant=True)],
+               time_from="now/M", decimals=0, thresholds=money,
+               description="Spend so far this month plus the current rate until the month ends."),
+        P.stat("Idle cost (range)", USD,
+               [Q(f"sum(increase({IDLE}{{{DEVICE_SEL}}}[$__range]))", "idle", instant=True)], decimals=2,
+               thresholds=P.steps(("orange", None)),
+               description="Money spent on HPUs while idle over the dashboard's time range."),
+        P.stat("Idle share (range)", P.RATIO,
+               [Q(f"sum(increase({IDLE}{{{DEVICE_SEL}}}[$__range])) / sum(increase({HPU_COST}{{{DEVICE_SEL}}}"
+                  f"[$__range]))", "idle share", instant=True)], decimals=1,
+               thresholds=P.steps(("green", None), ("red", s.idle_share_max))),
+    ]
+    second = [
+        _budget_panel(s),
+        P.stat("Spot savings (range)", USD,
+               [Q(f"sum(increase({SAVINGS}{{{NODE_SEL}}}[$__range])) or vector(0)", "saved", instant=True)],
+               w=4, h=6, decimals=2, needs=[P.SPOT], thresholds=P.steps(("green", None)),
+               description="On-demand price minus price paid, over the time range; 0 without spot nodes."),
+        P.timeseries("Spot savings rate (USD/h)", USD,
+                     [Q(f"sum({SAVINGS_RATE}{{{NODE_SEL}}}) or vector(0)", "saving USD/h")], w=12, h=6,
+                     needs=[P.SPOT], min_=0),
+    ]
+    third = [
+        P.timeseries("Spend by node (USD/h)", USD, [Q(f"sum by (instance) ({RATE}{{{NODE_SEL}}})",
+                                                        "{{instance}}")], stack=True, min_=0, links=node_link),
+        P.timeseries("Spend by namespace (USD/h)", USD,
+                     [Q(f'sum by (namespace) ({NS_RATE}{{{P.CLUSTER_SEL}, namespace=~"$namespace"}})',
+                        "{{namespace}}")],
+                     stack=True, min_=0,
+                     description='Whole cluster (the recording rule sums over nodes). HPU cost no pod held, and '
+                                 'all cost of nodes without Kubernetes attribution, shows as namespace "".'),
+    ]
+    fourth = [
+        P.timeseries("Idle cost share by node (1 h)", P.RATIO,
+                     [Q(f"max by (instance) ({IDLE_RATIO}{{{NODE_SEL}}})", "{{instance}}")], min_=0, max_=1,
+                     links=node_link, thresholds=P.steps(("green", None), ("red", s.idle_share_max)),
+                     threshold_line=True,
+                     description=f"Red line: idle.cost_share_max from {s.source}."),
+        P.table("Most expensive idle HPUs (range)", USD,
+                [Q(f"topk(10, sum by (instance, hpu, uuid) (increase({IDLE}{{{DEVICE_SEL}}}[$__range])))")],
+                rename={"instance": "Node", "hpu": "HPU", "uuid": "UUID", "Value": "Idle cost"},
+                sort_by="Value", decimals=2,
+                links=[P.link("HPU ${__data.fields.HPU} on ${__data.fields.Node}", "gaudi-fleet",
+                              node="${__data.fields.Node}", hpu="${__data.fields.HPU}")]),
+    ]
+    return P.dashboard(UID, TITLE, "Spend, budget, idle cost and spot savings of the Gaudi fleet.",
+                       [top, second, third, fourth], annotations=P.spot_annotations())

@@ -1,0 +1,101 @@
+"""Efficiency: how much of what the HPUs cost turns into training work, against the target in the thresholds file."""
+
+from __future__ import annotations
+
+from dashboards import panels as P
+from dashboards.panels import CLUSTER_SEL, DEVICE_SEL, NODE_SEL, Q, metric
+from dashboards.settings import Settings
+
+UID = "gaudi-efficiency"
+TITLE = "Gaudi / Efficiency"
+
+SCORE = metric("node:gaudi_cost_efficiency_ratio:avg5m")
+UTIL = metric("gaudi_hpu_utilization_ratio")
+UP = metric("gaudi_hpu_up")
+BUSY = metric("gaudi_hpu_busy_seconds_total")
+MEM = metric("gaudi_hpu_memory_used_bytes")
+MEM_TOTAL = metric("gaudi_hpu_memory_total_bytes")
+COST = metric("gaudi_node_cost_usd_total")
+IDLE = metric("gaudi_hpu_idle_cost_usd_total")
+SAMPLES = metric("gaudi_training_samples_total")
+TOKENS = metric("gaudi_training_tokens_total")
+SAMPLES_RATE = metric("job:gaudi_training_samples:rate5m")
+COST_PER_SAMPLE = metric("job:gaudi_training_cost_usd_per_sample:rate5m")
+
+COST_RATE = f"sum(rate({COST}{{{NODE_SEL}}}[$__rate_interval]))"  # USD per second
+
+
+def _score_steps(floor: float) -> list[dict]:
+    """The score is already relative to the target (1 = at target); the alert fires below the floor."""
+    return P.steps(("red", None), ("green", floor))
+
+
+def build(s: Settings) -> P.Board:
+    t = s.efficiency_target
+    score_desc = (f"min(1, (0.7 x utilisation + 0.3 x HBM used share) / target), averaged over 5 minutes; 1 means "
+                  f"at target (efficiency.target {t:g}). Red below efficiency.floor {s.efficiency_floor:g}, "
+                  f"where the alert fires ({s.source}).")
+    composite = (f"(0.7 * avg by (namespace) ({UTIL}{{{DEVICE_SEL}, namespace!=\"\"}}) + 0.3 * "
+                 f"sum by (namespace) ({MEM}{{{DEVICE_SEL}, namespace!=\"\"}}) / "
+                 f"sum by (namespace) ({MEM_TOTAL}{{{DEVICE_SEL}, namespace!=\"\"}}))")
+    top = [
+        P.gauge("Efficiency score", P.RATIO, [Q(f"avg({SCORE}{{{NODE_SEL}}})", "score", instant=True)], w=6, h=7,
+                thresholds=_score_steps(s.efficiency_floor), description=score_desc),
+        P.timeseries("Efficiency score by node", P.RATIO,
+                     [Q(f"max by (instance) ({SCORE}{{{NODE_SEL}}})", "{{instance}}")], w=10, h=7, min_=0,
+                     max_=1, thresholds=_score_steps(s.efficiency_floor), threshold_line=True, description=score_desc,
+                     links=[P.link("Devices of ${__field.labels.instance}", "gaudi-fleet",
+                                   node="${__field.labels.instance}")]),
+        P.stat("Busy HPU-hours (range)", P.HOURS,
+               [Q(f"sum(increase({BUSY}{{{DEVICE_SEL}}}[$__range])) / 3600", "busy", instant=True)], w=4, h=7,
+               decimals=2, thresholds=P.steps(("green", None))),
+        P.stat("Idle HPU-hours (range)", P.HOURS,
+               [Q(f"clamp_min(sum(sum_over_time(({UP}{{{DEVICE_SEL}}} == bool 1)[$__range:$__interval])) "
+                  f"* $__interval_ms / 3.6e6 - sum(increase({BUSY}{{{DEVICE_SEL}}}[$__range])) / 3600, 0)", "idle",
+                  instant=True)],
+               w=4, h=7, decimals=2, thresholds=P.steps(("orange", None)),
+               description="HPU-hours the devices were up (sampled every $__interval) minus busy HPU-hours."),
+    ]
+    busy_share = f"sum(rate({BUSY}{{{DEVICE_SEL}}}[$__rate_interval])) / count({UTIL}{{{DEVICE_SEL}}})"
+    load = (f"0.7 * avg({UTIL}{{{DEVICE_SEL}}}) + 0.3 * sum({MEM}{{{DEVICE_SEL}}}) / "
+            f"sum({MEM_TOTAL}{{{DEVICE_SEL}}})")
+    second = [
+        P.timeseries("Weighted load vs target", P.RATIO, [Q(load, "0.7 x utilisation + 0.3 x HBM share")], w=8,
+                     min_=0, max_=1, thresholds=P.steps(("red", None), ("green", t)), threshold_line=True,
+                     description=f"The score's numerator; the line is efficiency.target {t:g} from {s.source}."),
+        P.timeseries("Busy vs idle time", P.RATIO, [Q(busy_share, "busy"), Q(f"1 - {busy_share}", "idle")],
+                     w=8, stack=True, min_=0, max_=1, fill=60,
+                     description="Share of HPU time spent busy (utilisation integrated over time) and idle."),
+        P.timeseries("Idle cost rate (USD/h)", P.USD,
+                     [Q(f"sum by (instance) (rate({IDLE}{{{DEVICE_SEL}}}[$__rate_interval])) * 3600",
+                        "{{instance}}")], w=8, stack=True, min_=0),
+    ]
+    training = [
+        P.stat("Training throughput", "suffix: samples/s",
+               [Q(f"sum({SAMPLES_RATE}{{{CLUSTER_SEL}}})", "samples/s", instant=True)], w=4, h=8,
+               needs=[P.TRAINING], decimals=1, thresholds=P.steps(("green", None)), graph=True),
+        P.timeseries("Cost per 1,000 samples", P.USD,
+                     [Q(f"{COST_RATE} / sum(rate({SAMPLES}{{{CLUSTER_SEL}}}[$__rate_interval])) * 1000",
+                        "selected nodes")], w=7, min_=0, needs=[P.TRAINING],
+                     description="Cost rate of the selected nodes divided by the samples the training jobs "
+                                 "report (gaudi_training_samples_total)."),
+        P.timeseries("Cost per 1,000 samples by job", P.USD,
+                     [Q(f"{COST_PER_SAMPLE}{{{CLUSTER_SEL}}} * 1000", "{{namespace}} {{job}}")], w=6, min_=0,
+                     needs=[P.TRAINING],
+                     description="The recording rule: each namespace's cost rate over its jobs' sample rate."),
+        P.timeseries("Cost per million tokens", P.USD,
+                     [Q(f"{COST_RATE} / sum(rate({TOKENS}{{{CLUSTER_SEL}}}[$__rate_interval])) * 1e6",
+                        "selected nodes")], w=7, min_=0, needs=[P.TRAINING],
+                     description="Only for jobs that export gaudi_training_tokens_total."),
+    ]
+    by_owner = [
+        P.bargauge("Efficiency by node", P.RATIO, [Q(f"max by (instance) ({SCORE}{{{NODE_SEL}}})", "{{instance}}",
+                                                     instant=True)],
+                   w=12, h=7, max_=1, thresholds=_score_steps(s.efficiency_floor)),
+        P.bargauge("Efficiency by namespace", P.RATIO,
+                   [Q(f"clamp_max({composite} / {t:g}, 1)", "{{namespace}}", instant=True)], w=12, h=7, max_=1,
+                   thresholds=_score_steps(s.efficiency_floor), needs=[P.KUBERNETES], description=score_desc),
+    ]
+    return P.dashboard(UID, TITLE, "Efficiency score against its target, busy vs idle HPU time, and cost per "
+                       "sample or token of the training jobs.", [top, second, training, by_owner],
+                       annotations=P.spot_annotations())

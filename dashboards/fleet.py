@@ -1,0 +1,102 @@
+"""HPU fleet: health and load of every node and device, with drill-down from a node to its devices."""
+
+from __future__ import annotations
+
+from dashboards import panels as P
+from dashboards.panels import DEVICE_SEL, NODE_SEL, Q, metric
+from dashboards.settings import Settings
+
+UID = "gaudi-fleet"
+TITLE = "Gaudi / HPU fleet"
+
+UP = metric("gaudi_hpu_up")
+UTIL = metric("gaudi_hpu_utilization_ratio")
+NODE_UTIL = metric("node:gaudi_hpu_utilization_ratio:avg")
+MEM = metric("gaudi_hpu_memory_used_bytes")
+MEM_TOTAL = metric("gaudi_hpu_memory_total_bytes")
+POWER = metric("gaudi_hpu_power_watts")
+POWER_LIMIT = metric("gaudi_hpu_power_limit_watts")
+ENERGY = metric("gaudi_hpu_energy_joules_total")
+TEMP = metric("gaudi_hpu_temperature_celsius")
+THROTTLED = metric("gaudi_hpu_throttled")
+ECC = metric("gaudi_hpu_ecc_errors_total")
+NIC = metric("gaudi_hpu_nic_port_up")
+READ_ERRORS = metric("gaudi_hpu_read_errors_total")
+
+DEV = "{{instance}} hpu {{hpu}}"
+UTIL_STEPS = P.steps(("red", None), ("orange", 0.2), ("yellow", 0.5), ("green", 0.8))
+
+
+def build(s: Settings) -> P.Board:
+    to_node = [P.link("Devices of ${__field.labels.instance}", UID, node="${__field.labels.instance}")]
+    to_dev = [P.link("HPU ${__field.labels.hpu} of ${__field.labels.instance}", UID,
+                     node="${__field.labels.instance}", hpu="${__field.labels.hpu}")]
+    health = [
+        P.stat("HPUs up", P.COUNT, [Q(f"count({UP}{{{DEVICE_SEL}}} == 1) or vector(0)", "up", instant=True)],
+               thresholds=P.steps(("green", None))),
+        P.stat("HPUs lost", P.COUNT, [Q(f"count({UP}{{{DEVICE_SEL}}} == 0) or vector(0)", "lost", instant=True)],
+               thresholds=P.steps(("green", None), ("red", 1)),
+               description="Devices seen before that the driver no longer reads (gaudi_hpu_up 0)."),
+        P.stat("Mean utilisation", P.RATIO, [Q(f"avg({UTIL}{{{DEVICE_SEL}}})", "mean", instant=True)],
+               thresholds=UTIL_STEPS, decimals=0),
+        P.stat("Throttled HPUs", P.COUNT,
+               [Q(f"count(max by (instance, hpu) ({THROTTLED}{{{DEVICE_SEL}}}) == 1) or vector(0)", "throttled",
+                  instant=True)], thresholds=P.steps(("green", None), ("orange", 1))),
+        P.stat("Uncorrectable ECC (range)", P.COUNT,
+               [Q(f'sum(increase({ECC}{{{DEVICE_SEL}, type="uncorrected"}}[$__range])) or vector(0)', "ECC",
+                  instant=True)], thresholds=P.steps(("green", None), ("red", 1)), decimals=0),
+        P.stat("NIC ports down", P.COUNT,
+               [Q(f"sum(1 - {NIC}{{{DEVICE_SEL}}}) or vector(0)", "down", instant=True)],
+               thresholds=P.steps(("green", None), ("red", 1)), decimals=0),
+    ]
+    util = [
+        P.timeseries("Utilisation by node", P.RATIO, [Q(f"max by (instance) ({NODE_UTIL}{{{NODE_SEL}}})",
+                                                          "{{instance}}")],
+                     min_=0, max_=1, links=to_node, description="Click a node to show its devices only."),
+        P.timeseries("Utilisation by device", P.RATIO, [Q(f"{UTIL}{{{DEVICE_SEL}}}", DEV)], min_=0, max_=1,
+                     links=to_dev),
+    ]
+    timeline = [
+        P.state_timeline("Utilisation by device (state)", P.RATIO,
+                         [Q(f"max by (instance, hpu) ({UTIL}{{{DEVICE_SEL}}})", DEV)], w=24, h=8,
+                         thresholds=UTIL_STEPS, min_=0, max_=1, links=to_dev),
+    ]
+    memory_power = [
+        P.timeseries("HBM used", P.BYTES, [Q(f"{MEM}{{{DEVICE_SEL}}}", DEV)], w=8, min_=0),
+        P.timeseries("HBM used share", P.RATIO, [Q(f"{MEM}{{{DEVICE_SEL}}} / {MEM_TOTAL}{{{DEVICE_SEL}}}", DEV)],
+                     w=8, min_=0, max_=1),
+        P.timeseries("Power", P.WATT, [Q(f"{POWER}{{{DEVICE_SEL}}}", DEV),
+                                       Q(f"max by (instance) ({POWER_LIMIT}{{{DEVICE_SEL}}})",
+                                         "{{instance}} limit")], w=8, min_=0),
+    ]
+    thermal = [
+        P.bargauge("Energy by node (range)", P.KWH,
+                   [Q(f"sum by (instance) (increase({ENERGY}{{{DEVICE_SEL}}}[$__range])) / 3.6e6", "{{instance}}",
+                      instant=True)], w=8, h=8, thresholds=P.steps(("blue", None)), links=to_node),
+        P.timeseries("AIP temperature", P.CELSIUS, [Q(f'{TEMP}{{{DEVICE_SEL}, sensor="aip"}}', DEV)], w=8,
+                     thresholds=P.steps(("green", None), ("orange", s.aip_temperature_max_celsius - 10),
+                                        ("red", s.aip_temperature_max_celsius)), threshold_line=True,
+                     description=f"Red line: thermal.aip_temperature_max_celsius from {s.source}."),
+        P.state_timeline("Throttling", P.BOOL,
+                         [Q(f"max by (instance, hpu, reason) ({THROTTLED}{{{DEVICE_SEL}}})",
+                            "{{instance}} hpu {{hpu}} {{reason}}")], w=8,
+                         mappings=P.value_map({"0": ("no", "green"), "1": ("throttled", "red")})),
+    ]
+    faults = [
+        P.timeseries("ECC errors (rate of change, per hour)", P.COUNT,
+                     [Q(f"sum by (instance, hpu, type) (rate({ECC}{{{DEVICE_SEL}}}[$__rate_interval])) * 3600",
+                        "{{instance}} hpu {{hpu}} {{type}}")], w=8, min_=0),
+        P.state_timeline("NIC ports down by device", P.COUNT,
+                         [Q(f"sum by (instance, hpu) (1 - {NIC}{{{DEVICE_SEL}}})", DEV)], w=8,
+                         thresholds=P.steps(("green", None), ("red", 1)), min_=0),
+        P.table("Lost devices and read errors", P.COUNT,
+                [Q(f"sum by (instance, hpu) (1 - {UP}{{{DEVICE_SEL}}})"),
+                 Q(f'sum by (instance, hpu) (increase({READ_ERRORS}{{{NODE_SEL}, hpu=~"$hpu"}}[$__range])) '
+                   f"or sum by (instance, hpu) (0 * {UP}{{{DEVICE_SEL}}})")],
+                w=8, rename={"instance": "Node", "hpu": "HPU", "Value #A": "Lost", "Value #B": "Read errors"},
+                hide=("Time",), sort_by="Value #A", decimals=0,
+                description="Lost = 1 for a device the driver no longer reads. Read errors over the time range."),
+    ]
+    return P.dashboard(UID, TITLE, "Load, memory, power, temperature and faults of every HPU; click a node or a "
+                       "device to drill down.", [health, util, timeline, memory_power, thermal, faults],
+                       annotations=P.spot_annotations())
