@@ -22,7 +22,8 @@ log = logging.getLogger("gaudi_exporter")
 SUBCOMMANDS: dict[str, dict[str | None, str]] = {
     "rules": {"build": "alerts.build:main"},
     "dashboards": {"build": "dashboards.build:main", "render": "dashboards.render:main"},
-    "advise": {"batch-size": "exporter.advisor.batch_size:main", "precision": "exporter.advisor.precision:main"},
+    "advise": {"batch-size": "exporter.advisor.batch_size:main", "precision": "exporter.advisor.precision:main",
+               "query": "exporter.advisor.prom:main"},
     "report": {"run": "exporter.advisor.report:main", "regions": "exporter.market.report:main"},
 }
 

@@ -15,17 +15,7 @@ SPOT_NODE = NodeIdentity("dl1.24xlarge", "us-east-1", "us-east-1b", "spot", "imd
 OD_NODE = NodeIdentity("dl1.24xlarge", "us-east-1", "us-east-1b", "on-demand", "config")
 
 
-@pytest.fixture(autouse=True)
-def aws_env(monkeypatch, tmp_path):
-    """Dummy credentials, no shared config: nothing here can reach a real account."""
-    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2",
-              "AWS_ENDPOINT_URL_PRICING"):
-        monkeypatch.delenv(k, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+pytestmark = pytest.mark.usefixtures("aws_env")  # tests/conftest.py: dummy credentials, no real account
 
 
 @pytest.fixture

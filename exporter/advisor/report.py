@@ -103,8 +103,17 @@ def _resets(points: list[tuple[float, float]]) -> int:
     return sum(1 for (_, a), (_, b) in pairwise(points) if b < a)
 
 
+LOOKBACK = 300.0  # Prometheus' staleness window: a series without a point this long before `start` is new
+
+
 def _in_window(s: Series, start: float, end: float) -> list[tuple[float, float]]:
-    return [(t, v) for t, v in s.points if start <= t <= end]
+    """Points in the window, led by the value at its start: the last earlier point, or 0 for a counter born
+    inside the window (fetched from ``start - LOOKBACK``)."""
+    inside = [(t, v) for t, v in s.points if start <= t <= end]
+    before = [(t, v) for t, v in s.points if t < start]
+    if before:
+        return [before[-1], *inside]
+    return [(inside[0][0], 0.0), *inside] if inside else []
 
 
 def first_sample(prom: Prometheus, job: str, end: float, lookback: float, job_label: str) -> float:
@@ -122,7 +131,8 @@ def collect(prom: Prometheus, job: str, start: float, end: float, *, job_label: 
             join: str = "auto", cost_selector: str | None = None, projected_usd: float | None = None,
             progress: Progress | None = None) -> RunReport:
     step = progress or (lambda _w: None)
-    data = fetch(prom, job, start, end, job_label=job_label, cost_selector=cost_selector, progress=step)
+    data = fetch(prom, job, start - LOOKBACK, end, job_label=job_label, cost_selector=cost_selector,
+                 progress=step)
     targets = sorted({target_of(s.labels) for s in data.samples})
     if not targets:
         raise AdvisorError(f"job {job!r} has no {SAMPLES} series between {iso(start)} and {iso(end)}")
@@ -133,7 +143,7 @@ def collect(prom: Prometheus, job: str, start: float, end: float, *, job_label: 
         step(what)
         out: list[Series] = []
         for n in nodes:
-            out += prom.raw(metric + _matcher(n), start, end)
+            out += prom.raw(metric + _matcher(n), start - LOOKBACK, end)
         return out
 
     hpu = node_series(HPU_COST, "HPU cost")
@@ -146,7 +156,7 @@ def collect(prom: Prometheus, job: str, start: float, end: float, *, job_label: 
     cost_curves = {}
     total = 0.0
     for n in nodes:
-        pts = [(t, v) for t, v in j.cost[n] if start <= t <= end]
+        pts = monotonic(_in_window(Series({}, j.cost[n]), start, end))
         if len(pts) > 1:
             total += pts[-1][1] - pts[0][1]
             label = dict(n).get("node") or dict(n).get("instance", "?")

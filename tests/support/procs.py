@@ -90,10 +90,16 @@ def prometheus(tmp: Path, targets: dict[str, list[str]], *, rule_files: list[Pat
     if alertmanager:
         cfg["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [alertmanager.split("//", 1)[-1]]}]}]}
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen(
-        [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s", "--log.level=warn"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with _serving([PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s", "--log.level=warn"],
+                  port) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _serving(cmd: list[str], port: int) -> Iterator[str]:
+    """Start a Prometheus-style server, wait for /-/ready, stop it on the way out."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/-/ready", proc=proc)
@@ -109,16 +115,10 @@ def alertmanager(tmp: Path, config: dict | str) -> Iterator[str]:
     port = free_port()
     text = config if isinstance(config, str) else yaml.safe_dump(config)
     (tmp / "alertmanager.yml").write_text(text)
-    proc = subprocess.Popen(
-        [ALERTMANAGER, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(base + "/-/ready", proc=proc)
+    with _serving([ALERTMANAGER, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
+                   f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
+                  port) as base:
         yield base
-    finally:
-        _stop(proc)
 
 
 def query(prom: str, expr: str, at: float | None = None) -> list[dict]:

@@ -1,0 +1,55 @@
+# gaudi-exporter developer entry points. `make help` lists them.
+#   make demo [PROFILE=degraded]   the local stack (Prometheus + Alertmanager + simulated node) on 127.0.0.1
+#   make test                      what CI (.ci/run) runs: bash scripts/test.sh (container build included)
+
+PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
+PROFILE ?= training
+ALERT_FOR ?= 1m
+VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE ?= localhost/gaudi-exporter:$(VERSION)
+OVERLAY ?= kube-prometheus-stack
+KUSTOMIZE_DIRS = deploy/kubernetes/base $(wildcard deploy/kubernetes/overlays/*) $(wildcard deploy/kubernetes/examples/*)
+
+.DEFAULT_GOAL := help
+.PHONY: help demo test test-fast lint venv image image-debian manifests render clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+demo: ## run the demo stack until Ctrl-C (PROFILE=training|idle|bursty|degraded, ALERT_FOR=1m)
+	@command -v python3 >/dev/null || { apt-get update -q && apt-get install -y -q python3; }
+	python3 deploy/local/stack.py --profile $(PROFILE) --alert-for $(ALERT_FOR)
+
+test: ## what CI (.ci/run) runs: scripts/test.sh installs what is missing, then ruff and every test (ARGS=pytest args)
+	bash scripts/test.sh $(ARGS)
+
+test-fast: ## the tests without the container build and the slow end-to-end ones
+	$(PYTHON) -m pytest -q -m "not slow and not container"
+
+lint: ## ruff, yamllint on deploy/, hadolint on the Dockerfile
+	$(PYTHON) -m ruff check .
+	yamllint -s -c deploy/kubernetes/.yamllint.yaml deploy
+	hadolint --config .hadolint.yaml Dockerfile
+
+venv: ## .venv with the project and its development tools
+	test -x .venv/bin/python || python3 -m venv .venv
+	.venv/bin/pip install -q -e '.[dev]'
+
+image: ## build the image on the default base (python:3.11-slim-bookworm; needs a registry)
+	buildah bud --layers -t $(IMAGE) --build-arg VERSION=$(VERSION) \
+	  --build-arg REVISION=$$(git rev-parse --short HEAD 2>/dev/null || echo unknown) .
+
+image-debian: ## build the image on a debootstrapped Debian base (no registry; root)
+	$(PYTHON) deploy/local/build_image.py --tag $(IMAGE)
+
+manifests: ## regenerate rules, dashboards and the Alertmanager example after changing alerts/ or dashboards/
+	$(PYTHON) -m exporter rules build
+	$(PYTHON) -m exporter dashboards build
+	cp alerts/alertmanager.yaml deploy/kubernetes/examples/alertmanager-config/alertmanager.yaml
+	@for d in $(KUSTOMIZE_DIRS); do kubectl kustomize $$d >/dev/null && echo "renders: $$d" || exit 1; done
+
+render: ## print an overlay's manifests (OVERLAY=kube-prometheus-stack|aws|on-prem)
+	@kubectl kustomize deploy/kubernetes/overlays/$(OVERLAY)
+
+clean: ## remove build leftovers (not .venv)
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,395 @@
+"""The local demo stack: a simulated Gaudi 3 node, the market watcher, Prometheus and Alertmanager on 127.0.0.1.
+
+    make demo [PROFILE=degraded]        (or: python3 deploy/local/stack.py --profile degraded --alert-for 1m)
+
+Everything real except the hardware: the exporter runs with 8 simulated HPUs (labelled backend="simulated") priced
+at the built-in Intel Tiber AI Cloud Gaudi 3 rate; the market watcher reads sample spot prices (labelled
+source="sample"); Debian's Prometheus loads the project's rules and sends alerts to Debian's Alertmanager, routed
+by alerts/alertmanager.yaml to a small webhook receiver that prints them here. Ctrl-C stops everything.
+
+On a fresh Debian machine it first installs what is missing (apt: prometheus, prometheus-alertmanager,
+python3-venv; a venv .venv with `pip install -e .[aws]`) and re-runs itself inside the venv. --no-install skips
+that and uses the current Python. Until then only the standard library is used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+VENV = REPO / ".venv"
+SAMPLE_MARKET = REPO / "deploy" / "local" / "sample-spot-price-history.json"
+PROFILES = ("training", "idle", "bursty", "degraded")
+# Built-in price entry of the simulated node (exporter/pricing/catalogue.py): 8-card Gaudi 3 bare metal, 19.92 USD/h.
+PRICE_ENTRY = "intel-tiber-bm-gnr-gaudi3-smc-2026"
+APT_PACKAGES = {"prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}
+# Preferred loopback ports (next to, not on, the usual ones, which a packaged Prometheus may hold); a busy one is
+# replaced by a free one.
+PORTS = {"exporter": 19654, "market": 19655, "prometheus": 19090, "alertmanager": 19093, "receiver": 19095}
+EXPORTER_JOB = "gaudi-exporter"  # the job the generated rules select on (alerts/thresholds.yaml)
+MARKET_JOB = "gaudi-exporter-market"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[demo] {msg}", flush=True)
+
+
+# --- installation (standard library only) ---------------------------------------------------------------------------
+
+def _as_root(cmd: list[str]) -> list[str]:
+    if os.geteuid() == 0:
+        return cmd
+    if shutil.which("sudo"):
+        return ["sudo", *cmd]
+    raise StackError(f"need root to run: {' '.join(cmd)} (run it yourself, then use --no-install)")
+
+
+def install(venv: Path = VENV) -> Path:
+    """Install what is missing; return the venv's python."""
+    apt = [pkg for binary, pkg in APT_PACKAGES.items() if shutil.which(binary) is None]
+    venv_python = venv / "bin" / "python"
+    if not venv_python.exists():
+        probe = subprocess.run([sys.executable, "-c", "import ensurepip, venv"], capture_output=True)
+        if probe.returncode != 0:
+            apt.append("python3-venv")
+    if apt:
+        if shutil.which("apt-get") is None:
+            raise StackError(f"missing {', '.join(apt)} and no apt-get to install them")
+        log(f"installing {' '.join(apt)} with apt-get")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(_as_root(["apt-get", "update", "-q"]), check=True, env=env)
+        subprocess.run(_as_root(["apt-get", "install", "-y", "-q", "--no-install-recommends", *apt]), check=True,
+                       env=env)
+    if not venv_python.exists():
+        log(f"creating {venv}")
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    stamp = venv / ".gaudi-demo-installed"
+    pyproject = REPO / "pyproject.toml"
+    if not stamp.exists() or stamp.stat().st_mtime < pyproject.stat().st_mtime:
+        log("installing gaudi-exporter into the venv (pip install -e .[aws])")
+        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-e", f"{REPO}[aws]"], check=True)
+        stamp.touch()
+    return venv_python
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------------
+
+def pick_port(preferred: int) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise StackError("no free port on 127.0.0.1")
+
+
+def http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return json.load(r)
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Alertmanager webhook receiver: prints each notification; GET / returns what it got, as JSON."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, out=sys.stdout):
+        self.notifications: list[dict] = []
+        self.out = out
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", port), _ReceiverHandler)
+
+
+class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    server: Receiver
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        try:
+            body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        except (ValueError, json.JSONDecodeError):
+            self.send_error(400, "expected Alertmanager's webhook JSON")
+            return
+        receiver = self.path.strip("/") or body.get("receiver", "")
+        with self.server.lock:
+            self.server.notifications.append({"receiver": receiver, **body})
+        for alert in body.get("alerts", []):
+            labels = alert.get("labels", {})
+            where = " ".join(f"{k}={labels[k]}" for k in ("node", "instance", "hpu", "namespace") if k in labels)
+            summary = alert.get("annotations", {}).get("summary", "")
+            line = (f"[alert -> {receiver}] {alert.get('status', '?').upper()} {labels.get('alertname', '?')} "
+                    f"severity={labels.get('severity', '?')} {where} - {summary}\n")
+            with self.server.lock:  # one write per line: handler threads must not interleave
+                self.server.out.write(line)
+                self.server.out.flush()
+        self.send_response(200)
+        self.end_headers()
+
+    def do_GET(self) -> None:  # noqa: N802
+        with self.server.lock:
+            data = json.dumps({"notifications": self.server.notifications}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, fmt: str, *args) -> None:
+        pass
+
+
+# --- configuration of the parts -----------------------------------------------------------------------------------
+
+def build_rules(python: str, out: Path, alert_for: str | None) -> list[Path]:
+    """The project's rules: alerts/build/*.yaml as built, or rebuilt with every `for` set to ``alert_for``."""
+    if alert_for is None:
+        files = sorted((REPO / "alerts" / "build").glob("*.yaml"))
+        if not files:
+            raise StackError("alerts/build/ holds no rule files: run `gaudi-exporter rules build`")
+        return files
+    import yaml  # the venv has it by now
+
+    thresholds = yaml.safe_load((REPO / "alerts" / "thresholds.yaml").read_text())
+
+    def shorten(node):
+        if isinstance(node, dict):
+            return {k: (alert_for if (k == "for" or k.endswith("_for")) and isinstance(v, str) else shorten(v))
+                    for k, v in node.items()}
+        return node
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "thresholds.yaml").write_text(yaml.safe_dump(shorten(thresholds), sort_keys=False))
+    subprocess.run([python, "-m", "alerts.build", "--thresholds", str(out / "thresholds.yaml"), "--out",
+                    str(out / "rules"), "--prometheusrule", str(out / "prometheusrule.yaml")], cwd=REPO,
+                   check=True, stdout=subprocess.DEVNULL)
+    return sorted((out / "rules").glob("*.yaml"))
+
+
+def alertmanager_config(receiver_url: str) -> dict:
+    """alerts/alertmanager.yaml with every receiver pointed at the local webhook receiver (path = receiver name)."""
+    import yaml
+
+    config = yaml.safe_load((REPO / "alerts" / "alertmanager.yaml").read_text())
+    config.get("global", {}).pop("slack_api_url_file", None)
+    config["receivers"] = [{"name": r["name"], "webhook_configs": [{"url": f"{receiver_url}/{r['name']}",
+                                                                     "send_resolved": True}]}
+                           for r in config["receivers"]]
+    return config
+
+
+def prometheus_config(targets: dict[str, str], rule_files: list[Path], alertmanager: str) -> dict:
+    return {
+        "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "external_labels": {"cluster": "demo"}},
+        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [addr]}]}
+                           for job, addr in targets.items()],
+        "rule_files": [str(p) for p in rule_files],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
+    }
+
+
+# --- the stack -------------------------------------------------------------------------------------------------------
+
+class Stack:
+    def __init__(self, run_dir: Path, python: str):
+        self.run_dir = run_dir
+        self.python = python
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+
+    def start(self, name: str, cmd: list[str], env: dict | None = None) -> None:
+        logfile = self.run_dir / f"{name}.log"
+        self.logs[name] = logfile
+        with open(logfile, "wb") as fh:
+            # own process group: Ctrl-C goes to us, and we stop the children in order
+            self.procs[name] = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
+                                                env={**os.environ, **(env or {})}, start_new_session=True)
+
+    def dead(self) -> list[str]:
+        return [n for n, p in self.procs.items() if p.poll() is not None]
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.logs[name].read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        for proc in reversed(list(self.procs.values())):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_ready(stack: Stack, urls: dict[str, str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = dict(urls)
+    while pending:
+        if dead := stack.dead():
+            raise StackError(f"{dead[0]} exited before it was ready:\n{stack.tail(dead[0])}")
+        for name, url in list(pending.items()):
+            if http_ok(url):
+                del pending[name]
+        if time.monotonic() > deadline:
+            raise StackError(f"not ready within {timeout:.0f}s: {', '.join(pending)}")
+        time.sleep(0.2)
+
+
+def status(urls: dict[str, str], receiver: Receiver) -> str:
+    prom = urls["prometheus"]
+    try:
+        targets = get_json(prom + "/api/v1/targets")["data"]["activeTargets"]
+        groups = get_json(prom + "/api/v1/rules")["data"]["groups"]
+        alerts = get_json(prom + "/api/v1/alerts")["data"]["alerts"]
+    except (OSError, KeyError, ValueError) as e:
+        return f"Prometheus did not answer: {e}"
+    up = sum(t["health"] == "up" for t in targets)
+    firing = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "firing"})
+    pending = sorted({a["labels"]["alertname"] for a in alerts if a["state"] == "pending"})
+    return (f"targets up {up}/{len(targets)}, rule groups {len(groups)} "
+            f"({sum(len(g['rules']) for g in groups)} rules), firing: {', '.join(firing) or 'none'}, "
+            f"pending: {', '.join(pending) or 'none'}, notifications received: {len(receiver.notifications)}")
+
+
+def run(args: argparse.Namespace) -> int:
+    python = sys.executable
+    for binary in ("prometheus", "prometheus-alertmanager"):
+        if shutil.which(binary) is None:
+            raise StackError(f"{binary} not found (apt-get install prometheus prometheus-alertmanager, or run "
+                             "without --no-install)")
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="gaudi-demo-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ports = {name: pick_port(p) for name, p in PORTS.items()}
+    addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+    urls = {name: f"http://{a}" for name, a in addr.items()}
+
+    receiver = Receiver(ports["receiver"])
+    threading.Thread(target=receiver.serve_forever, name="receiver", daemon=True).start()
+
+    rule_files = build_rules(python, run_dir, args.alert_for)
+    (run_dir / "alertmanager.yml").write_text(json.dumps(alertmanager_config(urls["receiver"]), indent=1))
+    (run_dir / "prometheus.yml").write_text(json.dumps(prometheus_config(
+        {EXPORTER_JOB: addr["exporter"], MARKET_JOB: addr["market"]}, rule_files, addr["alertmanager"]), indent=1))
+
+    stack = Stack(run_dir, python)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    env = {"AWS_EC2_METADATA_DISABLED": "true"}
+    try:
+        stack.start("exporter", [python, "-m", "exporter", "--web.listen-address", addr["exporter"],
+                                 "--backend", "simulated", "--simulated.devices", "8", "--simulated.model", "HL-325L",
+                                 "--simulated.profile", args.profile, "--interval", "2",
+                                 "--pricing.source", "static", "--pricing.static.entry", PRICE_ENTRY,
+                                 "--no-collector.spot"], env)
+        stack.start("market", [python, "-m", "exporter", "--mode", "market", "--web.listen-address", addr["market"],
+                               "--market.source", str(SAMPLE_MARKET)], env)
+        stack.start("alertmanager", ["prometheus-alertmanager", f"--config.file={run_dir / 'alertmanager.yml'}",
+                                     f"--storage.path={run_dir / 'alertmanager'}",
+                                     f"--web.listen-address={addr['alertmanager']}", "--cluster.listen-address=",
+                                     "--log.level=warn"])
+        stack.start("prometheus", ["prometheus", f"--config.file={run_dir / 'prometheus.yml'}",
+                                   f"--storage.tsdb.path={run_dir / 'prometheus'}",
+                                   f"--web.listen-address={addr['prometheus']}", "--rules.alert.resend-delay=5s",
+                                   "--log.level=warn"])
+        wait_ready(stack, {"exporter": urls["exporter"] + "/healthz", "market": urls["market"] + "/healthz",
+                           "alertmanager": urls["alertmanager"] + "/-/ready",
+                           "prometheus": urls["prometheus"] + "/-/ready"}, timeout=60)
+        rules_note = ("alerts/build/*.yaml" if args.alert_for is None
+                      else f"alerts/ rebuilt with every `for` = {args.alert_for} (demo)")
+        print(f"""
+gaudi-exporter demo is up (profile {args.profile}); logs and data in {run_dir}
+  URL exporter     {urls['exporter']}/metrics   8 simulated Gaudi 3 HPUs (backend="simulated"), 19.92 USD/h
+  URL market       {urls['market']}/metrics   market watcher on SAMPLE spot prices (source="sample")
+  URL prometheus   {urls['prometheus']}
+  URL alertmanager {urls['alertmanager']}
+  URL receiver     {urls['receiver']}   (alerts are printed below as they arrive)
+What to look at:
+  {urls['prometheus']}/targets   both targets UP
+  {urls['prometheus']}/rules     the project's recording rules and alerts ({rules_note})
+  {urls['prometheus']}/alerts    with PROFILE=degraded: GaudiEfficiencyBelowFloor, GaudiHpuLost, thermal and ECC
+                                 alerts go pending, then fire; Alertmanager routes them here
+  {urls['prometheus']}/graph?g0.expr=rate(gaudi_node_cost_usd_total[1m])*3600   cost rate, USD/h
+Ctrl-C stops everything.""", flush=True)
+        log("ready")
+        deadline = time.monotonic() + args.duration if args.duration else None
+        next_status = time.monotonic() + args.status_every
+        while not stop.wait(0.5):
+            if dead := stack.dead():
+                raise StackError(f"{dead[0]} exited:\n{stack.tail(dead[0])}")
+            now = time.monotonic()
+            if now >= next_status:
+                log(status(urls, receiver))
+                next_status = now + args.status_every
+            if deadline and now >= deadline:
+                break
+        log(status(urls, receiver))
+        return 0
+    finally:
+        log("stopping")
+        stack.stop()
+        receiver.shutdown()
+        receiver.server_close()
+        if not args.run_dir and not args.keep:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        log("stopped")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=PROFILES, default="training", help="simulated workload (default %(default)s)")
+    ap.add_argument("--alert-for", metavar="DURATION",
+                    help="rebuild the rules with every alert's `for` set to DURATION (e.g. 1m) so alerts fire in "
+                         "a demo; default: load alerts/build/*.yaml as built")
+    ap.add_argument("--duration", type=float, default=0, help="stop after SECONDS (default: run until Ctrl-C)")
+    ap.add_argument("--status-every", type=float, default=30, help="print a status line every SECONDS")
+    ap.add_argument("--no-install", action="store_true", help="do not install anything; use this Python")
+    ap.add_argument("--run-dir", help="keep configs, logs and data here (default: a temporary directory)")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = ap.parse_args(argv)
+    try:
+        if not args.no_install:
+            venv_python = install()
+            argv = list(sys.argv[1:] if argv is None else argv)
+            os.execv(str(venv_python), [str(venv_python), str(Path(__file__).resolve()), *argv, "--no-install"])
+        return run(args)
+    except StackError as e:
+        log(f"error: {e}")
+        return 1
+    except subprocess.CalledProcessError as e:
+        log(f"error: {' '.join(map(str, e.cmd))} failed with exit {e.returncode}")
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
