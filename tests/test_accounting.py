@@ -17,33 +17,42 @@ def dev(i: int, util: float, *, energy: float | None = None, power: float | None
 
 
 def utilisation(i: int, t: float) -> float:
-    """A utilisation pattern per device: a square wave with a different duty cycle on each device."""
+    """True utilisation of device i at time t: a square wave, with a different phase on each device."""
     return 0.9 if (t // 60 + i) % 3 else 0.1
 
 
-def run_schedule(acct: Accountant, times: list[float], price_at) -> None:
-    for t in times:
-        acct.advance(t, [dev(i, utilisation(i, t)) for i in range(4)], Rates(paid_usd_per_hour=price_at(t)))
+def reading(i: int, t: float) -> float:
+    """What the driver reports at tick t: the utilisation of the moments just before it."""
+    return utilisation(i, t - 1e-9)
+
+
+def exact(f, a: float, b: float, step: float = 0.5) -> float:
+    """Integral of f over [a, b] by the midpoint rule on a grid fine enough for these step functions."""
+    n = round((b - a) / step)
+    return sum(f(a + (k + 0.5) * step) for k in range(n)) * step
 
 
 def test_counters_match_the_exact_integral_through_a_price_step_and_a_paused_tick():
-    # ticks every 5 s for 2 h, with a price step at t=3600 and one 95 s pause (the process was stopped)
-    times = [float(t) for t in range(0, 7200, 5) if not 1000 < t < 1095]
-    price_at = lambda t: 10.0 if t < 3600 else 16.0  # noqa: E731
+    # ticks every 5 s for 2 h; the process is paused from 1205 s to 1255 s (one 50 s tick); the price steps
+    # from 10 to 16 USD/h at 3602.5 s, mid-interval: the engine sees it at the next tick, the past is not repriced
+    times = [float(t) for t in range(0, 7200, 5) if not 1205 < t < 1255]
+    step_at = 3602.5
+    price_at = lambda t: 10.0 if t < step_at else 16.0  # noqa: E731
     acct = Accountant()
-    run_schedule(acct, times, price_at)
+    observed = 10.0
+    for t in times:
+        observed = price_at(t)  # the price source is read at each tick
+        acct.advance(t, [dev(i, reading(i, t)) for i in range(4)], Rates(paid_usd_per_hour=observed))
 
-    # exact: the interval (a, b] is paid at the price in force at a, with the utilisation read at b
-    node = sum(price_at(a) * (b - a) / 3600 for a, b in zip(times, times[1:], strict=False))
-    idle = {i: sum(price_at(a) / 4 * (1 - utilisation(i, b)) * (b - a) / 3600
-                   for a, b in zip(times, times[1:], strict=False)) for i in range(4)}
-    busy = {i: sum(utilisation(i, b) * (b - a) for a, b in zip(times, times[1:], strict=False)) for i in range(4)}
-    assert node == pytest.approx(10 * 3600 / 3600 + 16 * 3600 / 3600 - 16 * 5 / 3600, rel=1e-3)
+    end = times[-1]
+    node = exact(lambda t: price_at(t) / 3600, 0, end)
     assert acct.node_cost_usd == pytest.approx(node, rel=1e-3)
     for i in range(4):
         c = acct.devices[(f"U{i}", ())]
-        assert c.idle_cost_usd == pytest.approx(idle[i], rel=1e-3)
-        assert c.busy_seconds == pytest.approx(busy[i], rel=1e-3)
+        busy = exact(lambda t, i=i: utilisation(i, t), 0, end)
+        idle = exact(lambda t, i=i: price_at(t) / 4 / 3600 * (1 - utilisation(i, t)), 0, end)
+        assert c.busy_seconds == pytest.approx(busy, rel=1e-3)
+        assert c.idle_cost_usd == pytest.approx(idle, rel=1e-3)
     assert sum(c.cost_usd for c in acct.devices.values()) == pytest.approx(acct.node_cost_usd, rel=1e-9)
 
 
