@@ -71,6 +71,8 @@ OPTIONS: list[Option] = [
     Opt("simulated.seed", int, 0, "seed of the simulated workload (same seed, same values)", group="devices"),
     Opt("simulated.model", str, "HL-325L", "simulated device model", tuple(MODELS), group="devices"),
     Opt("hlsmi.path", str, "hl-smi", "path of the hl-smi tool", group="devices"),
+    Opt("hlsmi.timeout", float, 10.0, "seconds before an hl-smi run counts as failed", minimum=0.1,
+        group="devices"),
     Opt("interval", float, 5.0, "seconds between collection ticks", minimum=0.1),
     Opt("slow_interval", float, 60.0, "seconds between reads of slow-changing values (ECC, NIC links, firmware)",
       minimum=0.1),

@@ -42,7 +42,7 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
     """The node agent: devices, host, attribution, price, spot notices, checkpoints."""
     try:
         backend = backends.create(
-            settings["backend"], hlsmi_path=settings["hlsmi.path"],
+            settings["backend"], hlsmi_path=settings["hlsmi.path"], hlsmi_timeout=settings["hlsmi.timeout"],
             simulated_devices=settings["simulated.devices"], simulated_profile=settings["simulated.profile"],
             simulated_seed=settings["simulated.seed"], simulated_model=settings["simulated.model"],
             interval=settings["interval"])

@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 NAMES = ("auto", "hlml", "hlsmi", "simulated")
 
 
-def create(name: str, *, hlsmi_path: str = "hl-smi", simulated_devices: int = 8, simulated_profile: str = "training",
+def create(name: str, *, hlsmi_path: str = "hl-smi", hlsmi_timeout: float = 10.0, simulated_devices: int = 8, simulated_profile: str = "training",
            simulated_seed: int = 0, simulated_model: str = "HL-325L", interval: float = 5.0,
            hlml_module: object | None = None) -> Backend:
     """Build and open the backend ``name``; ``auto`` tries hlml, then hl-smi, and never falls back to simulated."""
@@ -32,7 +32,7 @@ def create(name: str, *, hlsmi_path: str = "hl-smi", simulated_devices: int = 8,
     if name == "hlsmi":
         from exporter.backends.hlsmi import HlSmiBackend
 
-        backend = HlSmiBackend(path=hlsmi_path)
+        backend = HlSmiBackend(path=hlsmi_path, timeout=hlsmi_timeout)
         backend.open()
         return backend
     if name == "auto":
@@ -43,7 +43,7 @@ def create(name: str, *, hlsmi_path: str = "hl-smi", simulated_devices: int = 8,
             reasons.append(f"hlml: {e}")
         if shutil.which(hlsmi_path):
             try:
-                return create("hlsmi", hlsmi_path=hlsmi_path)
+                return create("hlsmi", hlsmi_path=hlsmi_path, hlsmi_timeout=hlsmi_timeout)
             except BackendUnavailable as e:
                 reasons.append(f"hl-smi: {e}")
         else:
