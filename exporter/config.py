@@ -61,7 +61,7 @@ OPTIONS: list[Option] = [
       "across regions (one Deployment)", ("node", "market")),
     Opt("web.listen_address", str, f":{DEFAULT_PORT}", "address to listen on for HTTP", group="web"),
     Opt("web.telemetry_path", str, "/metrics", "path under which to expose metrics", group="web"),
-    Opt("web.config_file", str, None, "exporter-toolkit web config (TLS, basic auth)", nullable=True, group="web"),
+    Opt("web.config.file", str, None, "exporter-toolkit web config (TLS, basic auth)", nullable=True, group="web"),
     Opt("web.checkpoint_api", bool, True, "accept POST /api/v1/checkpoint (loopback, or any peer with basic auth)",
       group="web"),
     Opt("backend", str, "auto", "device backend: auto tries hlml, then hl-smi; simulated is for demos and tests",

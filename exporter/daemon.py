@@ -135,11 +135,11 @@ def run(settings: Settings) -> int:
     except ValueError as e:
         raise StartupError(str(e)) from e
     web = None
-    if settings["web.config_file"]:
+    if settings["web.config.file"]:
         from exporter.webconfig import WebConfigError, load
 
         try:
-            web = load(settings["web.config_file"])
+            web = load(settings["web.config.file"])
         except WebConfigError as e:
             raise StartupError(str(e)) from e
     stop = threading.Event()

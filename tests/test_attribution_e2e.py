@@ -130,3 +130,31 @@ def test_cardinality_with_and_without_attribution(sock):
     # attribution adds labels, not series (one pod per HPU); the node gains its namespace and unallocated counters
     assert per_hpu_a == per_hpu_b
     assert len(a) - len(b) == 2 + 2  # namespace + unallocated counters, collector duration + success
+
+
+def test_hpc_mode_labels_devices_with_their_job_from_files(tmp_path):
+    """Slurm-style: the daemon reads <dir>/<index> each tick; series carry `job`, which moves with the files."""
+    from tests.support.procs import exporter, wait_for
+
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "0").write_text("4711\n")
+    (jobs / "1").write_text("4711\n")
+    (jobs / "5").write_text("")  # released by the epilog
+    args = ["--backend", "simulated", "--interval", "1", "--pricing.static.usd-per-hour", "19.92",
+            "--collector.hpc", "--hpc.job-dir", str(jobs)]
+    import requests
+
+    with exporter(args) as (_, base):
+        def owners() -> dict[str, str]:
+            s = parse(requests.get(base + "/metrics", timeout=5).content)
+            return {dict(k)["hpu"]: dict(k)["job"] for k in by_name(s, "gaudi_hpu_utilization_ratio")}
+
+        got = wait_for(lambda: (o := owners()) and o.get("0") == "4711" and o, 10, what="job labels")
+        assert got == {"0": "4711", "1": "4711", **{str(i): "" for i in range(2, 8)}}
+        (jobs / "1").write_text("4712\n")
+        wait_for(lambda: owners().get("1") == "4712", 10, what="the new job on HPU 1")
+        s = parse(requests.get(base + "/metrics", timeout=5).content)
+    cost_jobs = {dict(k)["job"] for k in by_name(s, "gaudi_hpu_cost_usd_total")}
+    assert cost_jobs == {"4711", "4712", ""}  # HPU 0 still on 4711, HPU 1 moved to 4712, the rest idle
+    assert by_name(s, "gaudi_exporter_collector_success")[(("collector", "hpc"),)] == 1

@@ -82,7 +82,7 @@ def test_help_lists_every_flag_and_the_collectors():
     for flag in ("--web.listen-address", "--web.telemetry-path", "--backend", "--simulated.devices",
                  "--simulated.profile", "--simulated.seed", "--hlsmi.path", "--interval", "--config",
                  "--log.level", "--log.format", "--version", "--collector.hpu", "--no-collector.hpu",
-                 "--web.config-file", "--pricing.source", "--mode"):
+                 "--web.config.file", "--pricing.source", "--mode"):
         assert flag in r.stdout, flag
 
 

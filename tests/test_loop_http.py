@@ -238,3 +238,18 @@ def test_our_writer_says_what_prometheus_clients_writer_says():
     volatile = ("process_", "gaudi_exporter_collector_duration", "gaudi_exporter_last_collection")
     assert {k: v for k, v in ours.items() if not k[0].startswith(volatile)} == \
         {k: v for k, v in theirs.items() if not k[0].startswith(volatile)}
+
+
+def test_the_daemon_serves_tls_and_basic_auth_from_web_config_file(tls_files):
+    from tests.support.procs import exporter, wait_http
+
+    hashed = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(rounds=4)).decode()
+    (tls_files / "web.yml").write_text(
+        "tls_server_config:\n  cert_file: cert.pem\n  key_file: key.pem\n"
+        f"basic_auth_users:\n  prometheus: '{hashed}'\n")
+    args = ["--backend", "simulated", "--interval", "1", "--web.config.file", str(tls_files / "web.yml")]
+    with exporter(args, wait=False) as (proc, base):
+        url = base.replace("http://", "https://") + "/metrics"
+        r = wait_http(url, proc=proc, verify=str(tls_files / "cert.pem"), auth=("prometheus", "s3cret"))
+        assert b'gaudi_exporter_build_info{backend="simulated"' in r.content
+        assert requests.get(url, verify=str(tls_files / "cert.pem"), timeout=5).status_code == 401

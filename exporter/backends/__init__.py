@@ -12,7 +12,8 @@ log = logging.getLogger(__name__)
 NAMES = ("auto", "hlml", "hlsmi", "simulated")
 
 
-def create(name: str, *, hlsmi_path: str = "hl-smi", hlsmi_timeout: float = 10.0, simulated_devices: int = 8, simulated_profile: str = "training",
+def create(name: str, *, hlsmi_path: str = "hl-smi", hlsmi_timeout: float = 10.0, simulated_devices: int = 8,
+           simulated_profile: str = "training",
            simulated_seed: int = 0, simulated_model: str = "HL-325L", interval: float = 5.0,
            hlml_module: object | None = None) -> Backend:
     """Build and open the backend ``name``; ``auto`` tries hlml, then hl-smi, and never falls back to simulated."""
