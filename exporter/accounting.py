@@ -60,6 +60,7 @@ class Accountant:
     energy_priced: bool = False  # an electricity price was ever in force: gaudi_energy_cost_usd_total is meaningful
     last_tick: float | None = None
     _rates: Rates = field(default_factory=Rates)
+    _checkpoint: tuple[float, float] | None = None  # (checkpoint time, node cost then)
     _history_t: list[float] = field(default_factory=list)
     _history_cost: list[float] = field(default_factory=list)
 
@@ -127,6 +128,8 @@ class Accountant:
                 return 0.0
             delta = raw - e.last_raw if raw >= e.last_raw else raw  # a smaller value: the driver reloaded
             e.last_raw = raw
+        elif e.last_raw is not None:
+            return 0.0  # the driver's counter skipped a tick: its next reading covers the gap, count it once
         else:
             power = _finite(d.power_watts)
             delta = max(power, 0.0) * dt if power is not None else 0.0
@@ -154,8 +157,10 @@ class Accountant:
     def node_cost_at(self, t: float) -> float:
         """Node cost counter as it stood at time ``t`` (linear between ticks; 0 before the first tick)."""
         ts, cs = self._history_t, self._history_cost
-        if not ts or t <= ts[0]:
-            return 0.0 if not ts or t < ts[0] else cs[0]
+        if not ts:
+            return 0.0
+        if t <= ts[0]:
+            return 0.0 if t < ts[0] and cs[0] == 0.0 else cs[0]
         if t >= ts[-1]:
             return cs[-1]
         i = bisect.bisect_right(ts, t)
@@ -163,9 +168,15 @@ class Accountant:
         return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c1
 
     def cost_at_risk(self, checkpoint_time: float | None) -> float | None:
+        """Node cost since the checkpoint; its base is looked up once, when the checkpoint is first seen.
+
+        A checkpoint older than the retained history (24 h) counts from the oldest point still held.
+        """
         if checkpoint_time is None:
             return None
-        return max(0.0, self.node_cost_usd - self.node_cost_at(checkpoint_time))
+        if self._checkpoint is None or self._checkpoint[0] != checkpoint_time:
+            self._checkpoint = (checkpoint_time, self.node_cost_at(checkpoint_time))
+        return max(0.0, self.node_cost_usd - self._checkpoint[1])
 
 
 def _finite(x: float | None) -> float | None:

@@ -33,7 +33,9 @@ class Group(StrEnum):
 # Labels every per-device series carries; attribution adds ATTRIBUTION_LABELS when it is on.
 DEVICE_LABELS: tuple[str, ...] = ("hpu", "uuid")
 ATTRIBUTION_LABELS: tuple[str, ...] = ("namespace", "pod", "container")
-HPC_LABELS: tuple[str, ...] = ("job",)
+# not "job": every Prometheus sets that target label itself and would rename ours exported_job (dcgm-exporter's
+# HPC mode calls it hpc_job for the same reason)
+HPC_LABELS: tuple[str, ...] = ("hpc_job",)
 
 
 @dataclass(frozen=True)
@@ -135,8 +137,8 @@ _ALL: list[Metric] = [
        group=Group.COST),
     _m("gaudi_checkpoint_last_timestamp_seconds", G, "seconds", "Unix time of the last checkpoint a training job "
        "reported (file mtime or POST /api/v1/checkpoint).", group=Group.COST),
-    _m("gaudi_cost_at_risk_usd", G, "", "Node cost accrued since the last checkpoint: what an interruption would "
-       "throw away.", group=Group.COST),
+    _m("gaudi_cost_at_risk_usd", G, "", "Node cost accrued since the last checkpoint (since the exporter started "
+       "while no checkpoint is known): what an interruption would throw away.", group=Group.COST),
     # --- spot notices (IMDS)
     _m("gaudi_spot_interruption_pending", G, "", "1 while EC2 has scheduled an interruption of this spot node.",
        group=Group.SPOT),

@@ -125,7 +125,7 @@ OPTIONS: list[Option] = [
       nullable=True, group="attribution"),
     Opt("market.source", str, "aws", "aws, or the path of a JSON file as `aws ec2 describe-spot-price-history` "
       "prints", group="market"),
-    Opt("market.regions", list, ["us-east-1", "us-west-2"], "regions to watch", group="market"),
+    Opt("market.regions", list, ["us-east-1", "us-west-2", "eu-central-1"], "regions to watch", group="market"),
     Opt("market.instance_types", list, ["dl1.24xlarge"], "instance types to watch", group="market"),
     Opt("market.refresh_seconds", float, 300.0, "seconds between market refreshes", minimum=10, group="market"),
     Opt("market.product_description", str, "Linux/UNIX", "spot product description", group="market"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -28,12 +29,8 @@ def _identity(settings: Settings) -> tuple[object, object | None]:
     from exporter.aws.imds import Imds, resolve_identity
 
     if settings["backend"] == "simulated":
-        from exporter.pricing.base import NodeIdentity
-
-        node = settings.section("node")
         log.info("simulated backend: node identity from config, instance metadata not used")
-        return NodeIdentity(node.get("instance_type", ""), node.get("region", ""), node.get("zone", ""),
-                            node.get("lifecycle", ""), "config"), None
+        return resolve_identity(None, settings.section("node")), None
     imds = Imds()
     return resolve_identity(imds, settings.section("node")), imds
 
@@ -117,6 +114,10 @@ def build_market(settings: Settings, stop: threading.Event) -> Loop:
     from exporter.collectors.market import MarketCollector
     from exporter.market.fetch import MarketWatcher
 
+    source = settings["market.source"]
+    if source != "aws" and not os.path.isfile(source):
+        raise StartupError(f"market.source {source!r} is neither 'aws' nor a readable file (the JSON that "
+                           "`aws ec2 describe-spot-price-history` prints)")
     try:
         watcher = MarketWatcher(settings["market.regions"], settings["market.instance_types"],
                                 settings["market.source"], settings["market.product_description"])

@@ -232,11 +232,11 @@ class ViewCollector:
                 f = _family("gaudi_checkpoint_last_timestamp_seconds")
                 f.add_metric([], v.checkpoint_time)
                 yield f
+            if "checkpoint" in v.stats:  # tracking is on; with no checkpoint yet, everything so far is at risk
                 risk = acct.cost_at_risk(v.checkpoint_time)
-                if risk is not None:
-                    f = _family("gaudi_cost_at_risk_usd")
-                    f.add_metric([], risk)
-                    yield f
+                f = _family("gaudi_cost_at_risk_usd")
+                f.add_metric([], acct.node_cost_usd if risk is None else risk)
+                yield f
         n = v.notices
         if n is not None:
             for name, value in (

@@ -76,10 +76,10 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        if not self._authorised():
-            return
         path = self.path.split("?", 1)[0]
         site = self.site
+        if path != "/healthz" and not self._authorised():  # liveness probes carry no credentials; it tells nothing
+            return
         if path == site.telemetry_path:
             exp = site.exposition()
             om = "application/openmetrics-text" in self.headers.get("Accept", "")

@@ -125,18 +125,16 @@ class Loop:
         return time.monotonic() - self.last_tick_finished <= 3 * self.interval + 10
 
     def run(self, stop: threading.Event) -> None:
-        next_at = time.monotonic()
-        while not stop.is_set():
+        # a tick that already ran (the daemon ticks once before serving) counts: the next one is an interval later
+        next_at = time.monotonic() if self.last_tick_finished is None else self.last_tick_finished + self.interval
+        while not stop.wait(max(0.0, next_at - time.monotonic())):
             try:
                 self.tick()
             except Exception:  # noqa: BLE001 - the loop must outlive any bug in one tick
                 log.exception("collection tick failed")
             next_at += self.interval
-            delay = next_at - time.monotonic()
-            if delay < 0:  # fell behind (a slow source or a paused process): skip, do not burst
+            if next_at < time.monotonic():  # fell behind (a slow source or a paused process): skip, do not burst
                 next_at = time.monotonic()
-                delay = 0
-            stop.wait(delay)
 
     def start(self, stop: threading.Event) -> threading.Thread:
         t = threading.Thread(target=self.run, args=(stop,), name="collection-loop", daemon=True)

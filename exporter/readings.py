@@ -22,6 +22,11 @@ class DeviceIdentity:
     minor: int | None = None
 
 
+def device_key(identity: DeviceIdentity) -> str:
+    """How every part of the exporter names a device: its UUID, else its index (counters and owners join on it)."""
+    return identity.uuid or f"index-{identity.index}"
+
+
 @dataclass(frozen=True)
 class SlowReading:
     """Readings that change rarely and may be slow to fetch; read on their own cadence."""
@@ -49,7 +54,7 @@ class DeviceReading:
 
     @property
     def key(self) -> str:
-        return self.identity.uuid or f"index-{self.identity.index}"
+        return device_key(self.identity)
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class DeviceError:
     index: int
     uuid: str
     message: str
+
+    @property
+    def key(self) -> str:
+        return self.uuid or f"index-{self.index}"
 
 
 @dataclass(frozen=True)

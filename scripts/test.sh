@@ -1,17 +1,27 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh Debian machine: installs the real Prometheus, Alertmanager and the other
-# tools the tests start (needs root for apt-get), the project and its dev dependencies in .venv, then pytest.
+# tools the tests start (apt-get, as root or through sudo), the project and its dev dependencies in .venv, then
+# ruff and pytest.
 #   GAUDI_TEST_CONTAINER=0  skip building and running the container image (on by default)
 #   extra arguments go to pytest, e.g.  scripts/test.sh -k e2e
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export GAUDI_TEST_CONTAINER=${GAUDI_TEST_CONTAINER:-1}
+PY=${PYTHON:-python3}
 
+# command -> Debian package
+tools=(prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
+       prometheus-node-exporter:prometheus-node-exporter openssl:openssl)
+if [ "$GAUDI_TEST_CONTAINER" = 1 ]; then
+  tools+=(buildah:buildah debootstrap:debootstrap podman:podman)
+fi
 need=()
-for bin in prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager \
-           prometheus-node-exporter:prometheus-node-exporter openssl:openssl buildah:buildah \
-           debootstrap:debootstrap podman:podman; do
-  command -v "${bin%%:*}" >/dev/null 2>&1 || need+=("${bin##*:}")
+for t in "${tools[@]}"; do
+  command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
 done
+command -v "$PY" >/dev/null 2>&1 || need+=(python3)
+# Debian ships venv's ensurepip separately: without it `python3 -m venv` makes a venv with no pip
+"$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if ((${#need[@]})); then
   echo "== installing ${need[*]} (apt-get)"
   export DEBIAN_FRONTEND=noninteractive
@@ -20,9 +30,9 @@ if ((${#need[@]})); then
   $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
+if ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   echo "== creating .venv"
+  rm -rf .venv  # a venv left without pip by an earlier failed attempt
   "$PY" -m venv .venv
 fi
 echo "== installing gaudi-exporter[dev] into .venv"
@@ -31,9 +41,9 @@ echo "== installing gaudi-exporter[dev] into .venv"
 # the training-side tests run a real (CPU) torch; the exporter itself never needs it
 .venv/bin/python -m pip install -q 'torch==2.13.0' || echo "warning: torch not installable: training tests will skip"
 
-export GAUDI_TEST_CONTAINER=${GAUDI_TEST_CONTAINER:-1}
 export AWS_EC2_METADATA_DISABLED=true  # tests never talk to a real metadata service
+export PATH="$PWD/.venv/bin:$PATH"     # the dev tools (kubectl, hadolint, yamllint) live in the venv
 echo "== ruff"
-.venv/bin/ruff check .
+ruff check .
 echo "== pytest"
-exec .venv/bin/python -m pytest -p no:cacheprovider -q -rs "$@"
+exec python -m pytest -p no:cacheprovider -q -rs "$@"

@@ -248,3 +248,17 @@ def test_create_auto_without_libhlml_or_hlsmi_names_both_and_suggests_simulated(
     assert "libhlml" in msg and "hl-smi" in msg and "not found" in msg
     assert "--backend simulated" in msg
     assert capfd.readouterr().out == ""
+
+
+def test_an_older_hl_smi_without_the_newer_fields_still_works(scenario, monkeypatch, caplog):
+    scenario("normal")
+    monkeypatch.setenv("FAKE_HLSMI_OLD", "1")
+    b = opened()
+    assert "power.max" not in b.fields and "clocks.current.soc" not in b.fields
+    assert "rejected the query" in caplog.text
+    r = b.read(slow=True)
+    assert len(r.devices) == 8 and not r.errors
+    d = r.devices[0]
+    assert d.memory_total_bytes == 131072 * 1024**2 and d.power_watts is not None
+    assert d.power_limit_watts is None and d.clocks_hertz == ()  # not read, so not exported: never a made-up 0
+    assert d.slow is not None and d.slow.ecc_uncorrected is not None  # the ECC fields are documented: kept

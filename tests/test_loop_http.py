@@ -158,6 +158,8 @@ def test_tls_and_basic_auth_from_a_web_config_file(tls_files):
         base, ca = f"https://127.0.0.1:{port}", str(tls_files / "cert.pem")
         assert requests.get(base + "/metrics", verify=ca, timeout=5).status_code == 401
         assert requests.get(base + "/metrics", verify=ca, auth=("prometheus", "wrong"), timeout=5).status_code == 401
+        assert requests.get(base + "/", verify=ca, timeout=5).status_code == 401
+        assert requests.get(base + "/healthz", verify=ca, timeout=5).status_code == 200  # probes carry no password
         r = requests.get(base + "/metrics", verify=ca, auth=("prometheus", "s3cret"), timeout=5)
         assert r.status_code == 200 and b"gaudi_hpu_utilization_ratio" in r.content
         with pytest.raises(requests.exceptions.SSLError):

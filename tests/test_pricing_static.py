@@ -30,7 +30,7 @@ def test_configured_static_price_is_paid_with_source_static():
     p = src.prices(NOW + 10)
     assert p.paid is not None
     assert (p.paid.usd_per_hour, p.paid.source, p.paid.as_of) == (12.5, "static", NOW)
-    assert p.last_success == {"static": NOW}
+    assert p.last_success == {"static": NOW + 10}  # a configured price is current at every tick: never stale
     assert p.errors == {}
     src.refresh(NOW + 20)  # no network, nothing changes
     assert src.prices(NOW + 20).paid == p.paid
@@ -51,7 +51,7 @@ def test_built_in_entry_by_name_carries_its_source_and_date(entry, usd, date):
     p = make({"source": "static", "static": {"entry": entry}}).prices(NOW)
     assert p.paid.usd_per_hour == usd
     assert p.paid.source == f"static:{entry}"
-    # Dated by its price list, not by when the exporter loaded it; loading it is its last success.
+    # Dated by its price list (as_of); being configured, it is current at every tick (never stale).
     assert datetime.fromtimestamp(p.paid.as_of, UTC).strftime("%Y-%m").startswith(date)
     assert p.last_success == {f"static:{entry}": NOW}
 
@@ -113,11 +113,11 @@ def test_aws_source_needs_region_and_spot_zone():
 def test_on_prem_price_is_amortised_hardware_plus_opex():
     src = make({"source": "on_prem", "on_prem": {"hardware_usd": 315_000, "amortization_years": 4,
                                                   "opex_usd_per_hour": 2.25}})
-    p = src.prices(NOW)
+    p = src.prices(NOW + 7200)
     # 315,000 USD over 4 years of 8766 h, plus 2.25 USD/h opex.
     assert p.paid.usd_per_hour == pytest.approx(315_000 / (4 * 8766) + 2.25)
     assert p.paid.source == "on_prem"
-    assert p.last_success == {"on_prem": NOW}
+    assert p.last_success == {"on_prem": NOW + 7200}
 
 
 def test_electricity_settings():

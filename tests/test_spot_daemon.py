@@ -45,7 +45,9 @@ def test_spot_notices_checkpoints_and_cost_at_risk(tmp_path):
             assert price == 3600
             assert value(m, "gaudi_spot_interruption_pending") == 0
             assert value(m, "gaudi_spot_rebalance_recommended") == 0
-            assert "gaudi_cost_at_risk_usd" not in m  # no checkpoint yet
+            # no checkpoint yet: everything since the exporter started is at risk
+            assert "gaudi_checkpoint_last_timestamp_seconds" not in m
+            assert value(m, "gaudi_cost_at_risk_usd") == value(m, "gaudi_node_cost_usd_total")
 
             # a training job reports a checkpoint over HTTP: cost at risk restarts from ~0 and grows at $1/s
             t_ckpt = time.time()

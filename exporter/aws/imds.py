@@ -6,6 +6,7 @@ after the first failed token request: a node agent on premises must not stall it
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -71,6 +72,8 @@ class Imds:
             return e.code, e.read()
         except (urllib.error.URLError, OSError, TimeoutError) as e:
             raise ImdsError(f"IMDS at {self.endpoint} unreachable: {getattr(e, 'reason', e)}") from e
+        except http.client.HTTPException as e:  # something that is not an HTTP server answered
+            raise ImdsError(f"IMDS at {self.endpoint} did not answer HTTP: {e!r}") from e
 
     def _get_token(self, force: bool = False) -> str:
         with self._lock:
@@ -80,7 +83,7 @@ class Imds:
             status, body = self._request("PUT", TOKEN_PATH, {TTL_HEADER: str(self.token_ttl)})
             if status != 200 or not body:
                 raise ImdsError(f"IMDS token request answered HTTP {status}")
-            self._token = body.decode().strip()
+            self._token = body.decode("utf-8", "replace").strip()
             # Renew a minute early so a token never expires between our check and IMDS's.
             self._token_expires = now + max(1.0, self.token_ttl - 60)
             return self._token
@@ -92,7 +95,7 @@ class Imds:
         for attempt in (0, 1):
             status, body = self._request("GET", path, {TOKEN_HEADER: self._get_token(force=attempt == 1)})
             if status == 200:
-                return body.decode()
+                return body.decode("utf-8", "replace")
             if status == 404:
                 return None
             if status != 401:

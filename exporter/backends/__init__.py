@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 from exporter.backends.base import Backend, BackendUnavailable
 
@@ -38,17 +37,12 @@ def create(name: str, *, hlsmi_path: str = "hl-smi", hlsmi_timeout: float = 10.0
         return backend
     if name == "auto":
         reasons = []
-        try:
-            return create("hlml", hlml_module=hlml_module)
-        except BackendUnavailable as e:
-            reasons.append(f"hlml: {e}")
-        if shutil.which(hlsmi_path):
+        for label, kw in (("hlml", {"hlml_module": hlml_module}),
+                          ("hl-smi", {"hlsmi_path": hlsmi_path, "hlsmi_timeout": hlsmi_timeout})):
             try:
-                return create("hlsmi", hlsmi_path=hlsmi_path, hlsmi_timeout=hlsmi_timeout)
+                return create(label.replace("-", ""), **kw)
             except BackendUnavailable as e:
-                reasons.append(f"hl-smi: {e}")
-        else:
-            reasons.append(f"hl-smi: {hlsmi_path!r} not found on PATH")
+                reasons.append(f"{label}: {e}")
         raise BackendUnavailable(
             "no Gaudi device backend works on this machine (" + "; ".join(reasons) + "). "
             "Install the Habana driver (libhlml) or hl-smi, point --hlsmi.path at hl-smi, "

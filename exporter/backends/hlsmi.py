@@ -25,7 +25,10 @@ FIELDS = (
     "index", "uuid", "serial", "name", "bus_id", "driver_version", "utilization.aip", "memory.used",
     "memory.total", "power.draw", "power.max", "temperature.aip", "clocks.current.soc",
 )
-SLOW_FIELDS = FIELDS + ("ecc.errors.corrected.aggregate.total", "ecc.errors.uncorrected.aggregate.total")
+ECC_FIELDS = ("ecc.errors.corrected.aggregate.total", "ecc.errors.uncorrected.aggregate.total")
+SLOW_FIELDS = FIELDS + ECC_FIELDS
+# Fields that older hl-smi releases do not know (their docs list neither); without them the rest still works.
+OPTIONAL_FIELDS = ("power.max", "clocks.current.soc")
 FORMAT = "csv,noheader"
 DEFAULT_TIMEOUT = 10.0
 
@@ -174,6 +177,8 @@ class HlSmiBackend:
         self._exe: str | None = None
         self.line_errors_total = 0  # garbled/partial lines since start (also in each result's errors)
         self.model: DeviceModel | None = None  # set by open() from the first device
+        self.fields = FIELDS  # narrowed by open() when this hl-smi release rejects optional fields
+        self.slow_fields = SLOW_FIELDS
 
     def open(self) -> None:
         exe = shutil.which(self.path)
@@ -185,11 +190,26 @@ class HlSmiBackend:
             raise BackendUnavailable(f"hl-smi {self.path!r} {why}; install the Intel Gaudi software "
                                      "or point --hlsmi.path at hl-smi")
         self._exe = exe
-        try:
-            result = self.read(slow=False)
-        except HlSmiError as e:
+        result, failure = None, None
+        for fields in (FIELDS, tuple(f for f in FIELDS if f not in OPTIONAL_FIELDS)):
+            self.fields = fields
+            try:
+                result = self.read(slow=False)
+                break
+            except HlSmiError as e:
+                failure = e
+        if result is None:
             self._exe = None
-            raise BackendUnavailable(str(e)) from e
+            raise BackendUnavailable(str(failure)) from failure
+        if self.fields != FIELDS:
+            log.warning("hl-smi rejected the query with %s (%s); reading without them", ", ".join(OPTIONAL_FIELDS),
+                        failure)
+        self.slow_fields = self.fields + ECC_FIELDS
+        try:
+            self.read(slow=True)
+        except HlSmiError as e:
+            self.slow_fields = self.fields
+            log.warning("hl-smi rejected the ECC fields (%s); ECC errors will not be exported", e)
         if result.devices and result.devices[0].identity.name:
             ident = result.devices[0].identity
             self.model = DeviceModel(ident.name, ident.model)
@@ -199,7 +219,7 @@ class HlSmiBackend:
         self._exe = None
 
     def command(self, slow: bool) -> list[str]:
-        fields = SLOW_FIELDS if slow else FIELDS
+        fields = self.slow_fields if slow else self.fields
         return [self._exe or self.path, "-Q", ",".join(fields), "-f", FORMAT]
 
     def read(self, *, slow: bool) -> BackendResult:
@@ -217,7 +237,7 @@ class HlSmiBackend:
             detail = (proc.stderr or proc.stdout or "").strip().splitlines()
             raise HlSmiError(f"{self._exe} exited with status {proc.returncode}"
                              + (f": {_clip(' | '.join(detail[-3:]))}" if detail else ""))
-        result = parse_output(proc.stdout, SLOW_FIELDS if slow else FIELDS, slow)
+        result = parse_output(proc.stdout, self.slow_fields if slow else self.fields, slow)
         if result.errors:
             self.line_errors_total += len(result.errors)
             for err in result.errors:  # the HPU collector reports them; this is for debugging the parser

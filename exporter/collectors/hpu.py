@@ -35,10 +35,9 @@ class HpuCollector:
             elif d.key in self._slow:
                 d = replace(d, slow=self._slow[d.key])
             devices.append(d)
-        failing = {e.uuid or f"index-{e.index}" for e in result.errors}
+        failing = {e.key for e in result.errors}
         for e in result.errors:
-            key = e.uuid or f"index-{e.index}"
-            if key not in self._failing:
+            if e.key not in self._failing:
                 log.error("HPU %d (%s) could not be read: %s", e.index, e.uuid or "no uuid", e.message)
         for key in self._failing - failing:
             log.info("HPU %s is readable again", key)

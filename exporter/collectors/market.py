@@ -34,8 +34,9 @@ class MarketCollector:
         return t
 
     def collect(self, now: float, partial: dict | None = None) -> object:
+        attempted = self.attempted.is_set()
         snap = self.watcher.snapshot()
-        if snap.last_success is None and self.attempted.is_set():
+        if snap.last_success is None and attempted:
             from exporter.loop import PartialFailure
 
             raise PartialFailure("no market data yet (see the log for the source's errors)", snap)

@@ -50,6 +50,7 @@ class PricingCollector:
         return t
 
     def collect(self, now: float, partial: dict | None = None) -> PricingResult:
+        attempted = self.attempted.is_set()  # read first: a refresh landing in between must not look like a failure
         prices = self.source.prices(now)
         paid = prices.paid
         od = prices.on_demand
@@ -61,7 +62,7 @@ class PricingCollector:
             pue=self.pue,
         )
         result = PricingResult(prices, self.identity, rates)
-        if paid is None and self.attempted.is_set():
+        if paid is None and attempted:
             raise PartialFailure(f"no price yet from pricing source {self.source.name!r}; cost counters are not "
                                  "advancing (see gaudi_pricing_errors_total)", result)
         return result

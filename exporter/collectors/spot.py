@@ -20,8 +20,10 @@ class SpotCollector:
     def collect(self, now: float, partial: dict | None = None) -> object:
         if self._last_at is not None and now - self._last_at < self.poll_seconds:
             return self._last
+        self._last_at = now  # also on failure: a failing IMDS is asked again after poll_seconds, not every tick
+        self._last = None
         notices = self.imds.notices()
-        self._last, self._last_at = notices, now
+        self._last = notices
         state = (notices.interruption_pending, notices.rebalance_recommended)
         if notices.interruption_pending and not self._announced[0]:
             log.critical("SPOT INTERRUPTION NOTICE: EC2 will %s this node at %s. Save a checkpoint now.",

@@ -37,9 +37,7 @@ class Attribution:
     unmatched_ids: tuple[str, ...]
 
 
-def device_key(identity: DeviceIdentity) -> str:
-    """The same key as DeviceReading.key, so owners join readings."""
-    return identity.uuid or f"index-{identity.index}"
+from exporter.readings import device_key  # noqa: E402 - re-exported: the key owners join readings on
 
 
 def normalise_id(device_id: str) -> str:

@@ -16,6 +16,13 @@ from exporter.readings import DeviceIdentity, DeviceReading
 log = logging.getLogger(__name__)
 
 _MAX_READ = 4096  # a job id is short; never slurp a file someone pointed us at by mistake
+_warned: set[Path] = set()  # files already warned about: once per file until it reads again, not every tick
+
+
+def _warn_once(path: Path, msg: str, *args: object) -> None:
+    if path not in _warned:
+        _warned.add(path)
+        log.warning(msg, *args)
 
 
 def read_hpc_jobs(directory: Path, devices: Iterable[DeviceIdentity | DeviceReading]) -> dict[str, str]:
@@ -31,7 +38,8 @@ def read_hpc_jobs(directory: Path, devices: Iterable[DeviceIdentity | DeviceRead
         except FileNotFoundError:
             continue
         except OSError as err:
-            log.warning(
+            _warn_once(
+                path,
                 "hpc job file %s unreadable, device %d left without a job: %s",
                 path,
                 identity.index,
@@ -41,8 +49,9 @@ def read_hpc_jobs(directory: Path, devices: Iterable[DeviceIdentity | DeviceRead
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
-            log.warning("hpc job file %s is not UTF-8, device %d left without a job", path, identity.index)
+            _warn_once(path, "hpc job file %s is not UTF-8, device %d left without a job", path, identity.index)
             continue
+        _warned.discard(path)
         lines = text.splitlines()
         job = lines[0].strip() if lines else ""
         if job:

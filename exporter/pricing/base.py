@@ -96,16 +96,15 @@ class Backoff:
 class FixedSource:
     """A price that does not change (static or on-prem): no network, always available."""
 
-    def __init__(self, name: str, paid: Price, on_demand: Price | None = None, loaded_at: float | None = None) -> None:
+    def __init__(self, name: str, paid: Price, on_demand: Price | None = None) -> None:
         self.name = name
         self._paid = paid
         self._on_demand = on_demand
-        # A fixed price "succeeds" when it is loaded; its as_of may be the (older) date of a price list.
-        self._loaded_at = paid.as_of if loaded_at is None else loaded_at
 
     def prices(self, now: float) -> NodePrices:
-        return NodePrices(paid=self._paid, on_demand=self._on_demand,
-                          last_success={self._paid.source: self._loaded_at})
+        # A configured price is current at every tick (it is never stale, whatever the date of a price list it
+        # came from: that date is Price.as_of and in the source name).
+        return NodePrices(paid=self._paid, on_demand=self._on_demand, last_success={self._paid.source: now})
 
     def refresh(self, now: float) -> None:
         return None

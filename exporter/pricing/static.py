@@ -39,4 +39,4 @@ def create_static(settings: dict, identity: NodeIdentity, clock: Callable[[], fl
     on_demand = price if entry.lifecycle == "on-demand" else None
     log.info("pricing: static built-in %s = %.3f USD/h (%s, %s)", entry.name, entry.usd_per_hour,
              entry.published_by, entry.as_of)
-    return FixedSource("static", price, on_demand, loaded_at=now)
+    return FixedSource("static", price, on_demand)
