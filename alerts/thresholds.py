@@ -60,8 +60,8 @@ PORTS = _Type("a list of port numbers", lambda v: isinstance(v, list) and all(
 class _MapOf:
     """A mapping of free-form names (namespaces) to one sub-schema."""
 
-    def __init__(self, schema: dict, optional: bool = True) -> None:
-        self.schema, self.optional = schema, optional
+    def __init__(self, schema: dict) -> None:
+        self.schema = schema
 
 
 _BUDGET = {"daily_usd": USD_OR_NULL, "monthly_usd": USD_OR_NULL}
@@ -77,9 +77,10 @@ SCHEMA: dict[str, Any] = {
     "idle": {"utilization_floor": RATIO, "for": DURATION, "cost_share_max": RATIO, "cost_share_window": DURATION,
              "cost_share_for": DURATION},
     "spot": {"cost_at_risk_max_usd": USD, "cost_at_risk_for": DURATION},
-    "pricing": {"max_age": DURATION, "for": DURATION},
+    "pricing": {"max_age": DURATION, "on_demand_max_age": DURATION, "for": DURATION},
     "health": {"exporter_down_for": DURATION, "exporter_absent_for": DURATION, "collector_failing_for": DURATION,
-               "read_errors_window": DURATION, "read_errors_max": NUMBER, "hpu_lost_for": DURATION},
+               "read_errors_window": DURATION, "read_errors_max": NUMBER, "read_errors_for": DURATION,
+               "hpu_lost_for": DURATION},
     "thermal": {"throttling_for": DURATION, "aip_temperature_max_celsius": NUMBER, "temperature_for": DURATION},
     "ecc": {"uncorrected_max": NUMBER, "corrected_window": DURATION, "corrected_max": NUMBER},
     "nic": {"port_down_for": DURATION, "ignore_ports": PORTS},
@@ -146,6 +147,10 @@ def _check_consistency(t: dict) -> None:
         if duration_seconds(p["forecast_horizon"]) >= duration_seconds(p["window"]):
             raise ValueError(f"thresholds: budgets.{period}.forecast_horizon must be shorter than "
                              f"budgets.{period}.window")
+    h = t["health"]
+    if duration_seconds(h["read_errors_for"]) <= duration_seconds(h["hpu_lost_for"]):
+        # otherwise read errors of a lost HPU fire before GaudiHpuLost exists to inhibit them
+        raise ValueError("thresholds: health.read_errors_for must be longer than health.hpu_lost_for")
     if t["efficiency"]["target"] <= 0:
         raise ValueError("thresholds: efficiency.target must be above 0")
 

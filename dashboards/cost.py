@@ -19,8 +19,10 @@ SAVINGS_RATE = metric("node:gaudi_spot_savings_usd_per_hour:rate5m")
 IDLE_RATIO = metric("node:gaudi_idle_cost_ratio:rate1h")
 
 SPEND_NOW = f"sum({RATE}{{{NODE_SEL}}})"
-# Hours left in this calendar month (UTC), for the projection.
+# Hours left in this calendar month, for the projection. PromQL's date functions are UTC, so the dashboard runs in
+# UTC too (TIMEZONE): its now/d and now/M then start at the same UTC midnight these hours count from.
 HOURS_LEFT = "scalar((days_in_month() - day_of_month()) * 24 + 24 - hour() - minute() / 60)"
+TIMEZONE = "utc"
 
 WARN_AT = 0.8  # budget share at which the bar turns orange
 
@@ -51,14 +53,16 @@ def build(s: Settings) -> P.Board:
         P.stat("Spend now (USD/h)", USD, [Q(SPEND_NOW, "USD/h", instant=True)], decimals=2, thresholds=money,
                description="Cost rate of the selected nodes over the last 5 minutes, in USD per hour."),
         P.stat("Today", USD, [Q(f"sum(increase({COST}{{{NODE_SEL}}}[$__range]))", "today", instant=True)],
-               time_from="now/d", decimals=2, thresholds=money, description="Spend since midnight."),
+               time_from="now/d", decimals=2, thresholds=money, description="Spend since midnight UTC."),
         P.stat("Last 30 days", USD, [Q(f"sum(increase({COST}{{{NODE_SEL}}}[$__range]))", "30 d", instant=True)],
                time_from="30d", decimals=2, thresholds=money),
         P.stat("Projected this month", USD,
                [Q(f"sum(increase({COST}{{{NODE_SEL}}}[$__range])) + {SPEND_NOW} * {HOURS_LEFT}", "projected",
                   instant=True)],
                time_from="now/M", decimals=0, thresholds=money,
-               description="Spend so far this month plus the current rate until the month ends."),
+               description="Spend since the 1st of this month 00:00 UTC plus the current rate until the month "
+                           "ends (UTC). The dashboard's time zone is UTC so that the start of the month and the "
+                           "hours left agree."),
         P.stat("Idle cost (range)", USD,
                [Q(f"sum(increase({IDLE}{{{DEVICE_SEL}}}[$__range]))", "idle", instant=True)], decimals=2,
                thresholds=P.steps(("orange", None)),
@@ -102,4 +106,4 @@ def build(s: Settings) -> P.Board:
                               node="${__data.fields.Node}", hpu="${__data.fields.HPU}")]),
     ]
     return P.dashboard(UID, TITLE, "Spend, budget, idle cost and spot savings of the Gaudi fleet.",
-                       [top, second, third, fourth], annotations=P.spot_annotations())
+                       [top, second, third, fourth], annotations=P.spot_annotations(), timezone=TIMEZONE)

@@ -82,7 +82,10 @@ def build(s: Settings) -> P.Board:
         P.timeseries("Cost per 1,000 samples by job", P.USD,
                      [Q(f"{COST_PER_SAMPLE}{{{CLUSTER_SEL}}} * 1000", "{{namespace}} {{job}}")], w=6, min_=0,
                      needs=[P.TRAINING],
-                     description="The recording rule: each namespace's cost rate over its jobs' sample rate."),
+                     description="The recording rule: the cost rate of the job's namespace over the job's sample "
+                                 "rate (a namespace's jobs are each charged all of it). A job scraped without a "
+                                 'namespace label is charged namespace "": unallocated HPUs and nodes without '
+                                 "Kubernetes attribution."),
         P.timeseries("Cost per million tokens", P.USD,
                      [Q(f"{COST_RATE} / sum(rate({TOKENS}{{{CLUSTER_SEL}}}[$__rate_interval])) * 1e6",
                         "selected nodes")], w=7, min_=0, needs=[P.TRAINING],

@@ -400,9 +400,10 @@ class Board:
 
 def dashboard(uid: str, title: str, description: str, rows: Sequence[Sequence[Panel]], *,
               extra_variables: Sequence[G.Template] = (), annotations: Sequence[dict[str, Any]] = (),
-              time_from: str = "now-6h") -> Board:
+              time_from: str = "now-6h", timezone: str = "browser") -> Board:
+    """``timezone="utc"`` where panels use calendar boundaries (now/d, now/M) that must match UTC PromQL."""
     placed = layout(rows)
-    d = G.Dashboard(title=title, uid=uid, description=description, tags=[TAG], timezone="browser",
+    d = G.Dashboard(title=title, uid=uid, description=description, tags=[TAG], timezone=timezone,
                     time=G.Time(time_from, "now"), refresh="30s", graphTooltip=1, schemaVersion=SCHEMA_VERSION,
                     links=[G.DashboardLink(title="Gaudi dashboards", tags=[TAG], asDropdown=True,
                                            includeVars=True, keepTime=True, type="dashboards")],

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "alerts" / "thresholds.yaml"
+from alerts import thresholds
 
 
 @dataclass(frozen=True)
@@ -29,48 +26,22 @@ class Settings:
     source: str  # where the numbers came from, for panel descriptions
 
 
-def _read(path: Path | None) -> dict[str, Any]:
-    """The validated thresholds; the alerts package's loader when importable, else the YAML as it is."""
-    try:
-        from alerts import thresholds as alert_thresholds
-    except ImportError:  # dashboards installed without alerts: read the file ourselves
-        p = path or DEFAULT_PATH
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        if not isinstance(data, dict):
-            raise ValueError(f"thresholds: {p} must be a mapping") from None
-        return data
-    return alert_thresholds.load(path)
-
-
-def _get(data: dict[str, Any], key: str) -> Any:
-    node: Any = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ValueError(f"thresholds: missing key {key}")
-        node = node[part]
-    return node
-
-
-def _num(data: dict[str, Any], key: str, *, nullable: bool = False) -> float | None:
-    v = _get(data, key)
-    if v is None and nullable:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise ValueError(f"thresholds: {key} must be a number, got {v!r}")
-    return float(v)
+def _usd(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def load(path: Path | None = None) -> Settings:
-    data = _read(path)
+    """The dashboards' numbers from a thresholds file; ValueError naming the key when it is invalid."""
+    t = thresholds.load(path)
     return Settings(
-        daily_budget_usd=_num(data, "budgets.cluster.daily_usd", nullable=True),
-        monthly_budget_usd=_num(data, "budgets.cluster.monthly_usd", nullable=True),
-        daily_window=str(_get(data, "budgets.daily.window")),
-        monthly_window=str(_get(data, "budgets.monthly.window")),
-        efficiency_target=_num(data, "efficiency.target"),
-        efficiency_floor=_num(data, "efficiency.floor"),
-        idle_share_max=_num(data, "idle.cost_share_max"),
-        aip_temperature_max_celsius=_num(data, "thermal.aip_temperature_max_celsius"),
-        cost_at_risk_max_usd=_num(data, "spot.cost_at_risk_max_usd"),
+        daily_budget_usd=_usd(t["budgets"]["cluster"]["daily_usd"]),
+        monthly_budget_usd=_usd(t["budgets"]["cluster"]["monthly_usd"]),
+        daily_window=t["budgets"]["daily"]["window"],
+        monthly_window=t["budgets"]["monthly"]["window"],
+        efficiency_target=float(t["efficiency"]["target"]),
+        efficiency_floor=float(t["efficiency"]["floor"]),
+        idle_share_max=float(t["idle"]["cost_share_max"]),
+        aip_temperature_max_celsius=float(t["thermal"]["aip_temperature_max_celsius"]),
+        cost_at_risk_max_usd=float(t["spot"]["cost_at_risk_max_usd"]),
         source="alerts/thresholds.yaml" if path is None else Path(path).name,
     )

@@ -17,6 +17,10 @@ from exporter.loop import Loop
 log = logging.getLogger("gaudi_exporter")
 
 
+# How long start-up waits for the first price or market refresh (bounded: a slow API must not delay /metrics long).
+STARTUP_WAIT_SECONDS = 10.0
+
+
 class StartupError(Exception):
     """Cannot start: the message says what to change."""
 
@@ -87,6 +91,7 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
         pc = PricingCollector(source, identity, electricity_usd_per_kwh=settings["pricing.electricity.usd_per_kwh"],
                               pue=settings["pricing.electricity.pue"])
         pc.start_refresher(stop)
+        pc.attempted.wait(STARTUP_WAIT_SECONDS)  # the first scrape should have a price when one is to be had
         collectors.append(pc)
     if on["spot"] and imds is not None and getattr(identity, "lifecycle", "") == "spot":
         from exporter.collectors.spot import SpotCollector
@@ -125,6 +130,7 @@ def build_market(settings: Settings, stop: threading.Event) -> Loop:
         raise StartupError(f"market: {e}") from e
     mc = MarketCollector(watcher, settings["market.refresh_seconds"])
     mc.start_refresher(stop)
+    mc.attempted.wait(STARTUP_WAIT_SECONDS)  # the first scrape should have prices when they are to be had
     return Loop([mc], interval=settings["interval"], version=__version__, backend="none", mode="market")
 
 

@@ -105,3 +105,45 @@ def test_nothing_outside_training_imports_torch():
         if "import torch" in text or "from torch" in text:
             offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def test_a_pod_restarted_on_another_node_mid_phase_is_not_counted_twice():
+    """One phase (batch 32) at 10 samples/s: pod A on node n1 for t 0..5, then it restarts as pod B on node n2
+    for t 6..11. Both nodes cost 2 USD/s. Concurrent sums would report 20 samples/s and 4 USD/s."""
+    pod_a = {"job": "j", "instance": "10.0.0.1:9655", "node": "n1", "pod": "train-a"}
+    pod_b = {"job": "j", "instance": "10.0.0.2:9655", "node": "n2", "pod": "train-b"}
+    a_times, b_times = range(0, 6), range(6, 12)
+    samples = [Series({**pod_a, "__name__": "gaudi_training_samples_total"},
+                      [(float(t), 10.0 * t) for t in a_times]),
+               Series({**pod_b, "__name__": "gaudi_training_samples_total"},
+                      [(float(t), 10.0 * (t - 6)) for t in b_times])]
+    infos = info({float(t): "32" for t in a_times}, pod_a) + info({float(t): "32" for t in b_times}, pod_b)
+    phases = split_phases(samples, infos, "batch_size")
+    ph = phases["32"]
+    assert len(ph.targets) == 2 and ph.samples == 100 and ph.seconds == 10
+    assert ph.samples_per_second == pytest.approx(10)
+    assert ph.points == 10  # both pods' intervals: a restart does not halve the evidence
+    all_times = [float(t) for t in range(12)]
+    cost = [Series({"job": "gaudi", "instance": "10.0.0.1:9654", "node": "n1"}, [(t, 2.0 * t) for t in all_times]),
+            Series({"job": "gaudi", "instance": "10.0.0.2:9654", "node": "n2"}, [(t, 2.0 * t) for t in all_times])]
+    price_phases(phases, join_cost(sorted(ph.targets), cost))
+    assert ph.usd_per_second == pytest.approx(2.0)  # one node at a time
+    assert ph.cost_usd == pytest.approx(2.0 * 10)
+    assert ph.usd_per_sample == pytest.approx(0.2)
+
+
+def test_two_pods_at_once_add_their_throughput_and_their_nodes_cost():
+    """A two-node job: both pods run t 0..10, each reporting its own node's samples; cost is both nodes."""
+    pods = [{"job": "j", "instance": f"10.0.0.{i}:9655", "node": f"n{i}"} for i in (1, 2)]
+    times = [float(t) for t in range(11)]
+    samples = [Series({**p, "__name__": "gaudi_training_samples_total"}, [(t, 10.0 * t) for t in times])
+               for p in pods]
+    infos = [s for p in pods for s in info({t: "32" for t in times}, p)]
+    phases = split_phases(samples, infos, "batch_size")
+    ph = phases["32"]
+    assert ph.samples_per_second == pytest.approx(20) and ph.points == 10
+    cost = [Series({"job": "gaudi", "instance": f"10.0.0.{i}:9654", "node": f"n{i}"}, [(t, 2.0 * t) for t in times])
+            for i in (1, 2)]
+    price_phases(phases, join_cost(sorted(ph.targets), cost))
+    assert ph.usd_per_second == pytest.approx(4.0)
+    assert ph.usd_per_sample == pytest.approx(0.2)

@@ -84,6 +84,9 @@ def test_default_thresholds_load_with_budgets_and_efficiency_for_the_dashboards(
     (lambda d: d.update(exporter_selector="job=gaudi"), "exporter_selector"),
     (lambda d: d["nic"].update(ignore_ports=["x"]), "nic.ignore_ports"),
     (lambda d: d["budgets"]["monthly"].update(forecast_horizon="30d"), "budgets.monthly.forecast_horizon"),
+    (lambda d: d["pricing"].pop("on_demand_max_age"), "pricing.on_demand_max_age"),
+    # read errors of a lost HPU must not fire before GaudiHpuLost can inhibit them
+    (lambda d: d["health"].update(read_errors_for="1m", hpu_lost_for="1m"), "health.read_errors_for"),
 ])
 def test_bad_thresholds_are_rejected_naming_the_key(tmp_path, mutate, key):
     data = _defaults()

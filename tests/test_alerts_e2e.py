@@ -32,6 +32,7 @@ def fast_thresholds() -> dict:
     t["idle"].update(utilization_floor=0.25, **{"for": "2s"})  # degraded devices run at 5-20%
     t["thermal"]["throttling_for"] = "2s"
     t["health"]["hpu_lost_for"] = "2s"
+    t["health"]["read_errors_for"] = "4s"  # longer than hpu_lost_for, so GaudiHpuLost is there to inhibit it
     t["nic"]["port_down_for"] = "2s"
     return t
 

@@ -268,3 +268,16 @@ def test_render_formats_values_with_their_unit(value, unit, text):
     from dashboards.render import fmt
 
     assert fmt(value, unit) == text
+
+
+def test_calendar_panels_run_in_utc_like_the_promql_date_functions(board):
+    """now/d and now/M are the browser's midnight unless the dashboard is in UTC, while day_of_month() and hour()
+    are UTC: a projection mixing them is off by the browser's offset."""
+    calendar = [p for p in _panels(board) if str(p.get("timeFrom", "")).startswith("now/")]
+    if not calendar:
+        pytest.skip("no calendar-aligned panel")
+    assert board.json["timezone"] == "utc"
+    for p in calendar:
+        assert "UTC" in p["description"], p["title"]
+    projected = [p for p in calendar if any("day_of_month()" in t["expr"] for t in p["targets"])]
+    assert [p["title"] for p in projected] == ["Projected this month"] and projected[0]["timeFrom"] == "now/M"

@@ -9,6 +9,7 @@ tests/schemas/ (derived from the Prometheus Operator CRDs) for ServiceMonitor, P
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -16,11 +17,14 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
+import requests
 import yaml
 
+from exporter import catalogue
 from tests.support import procs
 
 REPO = procs.REPO
@@ -319,6 +323,290 @@ def test_network_policy_admits_only_prometheus_on_the_metrics_port(rel):
     (peer,) = rule["from"]
     assert peer["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "prometheus"}
     assert "namespaceSelector" in peer and "ipBlock" not in peer
+
+
+# --- target labels: the exporter's namespace/pod/container survive ---------------------------------------------------
+
+# What the Prometheus Operator (pkg/prometheus/promcfg.go) puts on every ServiceMonitor / PodMonitor target before
+# the monitor's own relabelings run, and the exporter pod's values of the __meta labels they come from.
+OPERATOR_TARGET_LABELS = {"namespace", "pod", "container", "service", "endpoint", "job", "instance"}
+ATTRIBUTION = ("namespace", "pod", "container")  # exporter/catalogue.py ATTRIBUTION_LABELS
+EXPORTER_POD_META = {
+    "__meta_kubernetes_namespace": "gaudi-exporter",
+    "__meta_kubernetes_pod_name": "gaudi-exporter-node-x7k2p",
+    "__meta_kubernetes_pod_container_name": "exporter",
+    "__meta_kubernetes_pod_node_name": "gaudi-node-1",
+}
+
+
+def _exporter_monitors(objs: list[dict]) -> list[tuple[dict, dict]]:
+    """(monitor, endpoint) for every endpoint of every ServiceMonitor / PodMonitor."""
+    out = []
+    for m in (o for o in objs if o["kind"] in MONITOR_KINDS):
+        key = "endpoints" if m["kind"] == "ServiceMonitor" else "podMetricsEndpoints"
+        out += [(m, e) for e in m["spec"][key]]
+    return out
+
+
+def _dropped(endpoint: dict, labels: set[str]) -> set[str]:
+    """Which of ``labels`` the endpoint's relabelings remove (anchored regexes, as Prometheus applies them)."""
+    dropped = set()
+    for r in endpoint.get("relabelings", []):
+        action = r.get("action", "replace").lower()
+        regex = re.compile(r.get("regex", "(.*)"))
+        if action == "labeldrop":
+            dropped |= {name for name in labels if regex.fullmatch(name)}
+        elif action == "labelkeep":
+            dropped |= {name for name in labels if not regex.fullmatch(name)}
+    return dropped
+
+
+@needs_kubectl
+@pytest.mark.parametrize("rel", OVERLAYS)
+def test_every_exporter_monitor_drops_exactly_the_operators_namespace_pod_container_target_labels(rel):
+    monitors = _exporter_monitors(render(rel))
+    assert monitors
+    for m, e in monitors:
+        where = f"{rel}: {m['kind']}/{m['metadata']['name']}"
+        assert _dropped(e, OPERATOR_TARGET_LABELS | {"node"}) == set(ATTRIBUTION), where
+        assert not e.get("honorLabels"), f"{where}: honorLabels would let scraped job/instance win"
+        if m["metadata"]["name"] == "gaudi-exporter-node":
+            assert m["spec"]["jobLabel"] == "app.kubernetes.io/name", where
+            assert {"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node",
+                    "action": "replace"} in e["relabelings"], f"{where}: lost the node label"
+
+
+_RELABEL_KEYS = {"sourceLabels": "source_labels", "targetLabel": "target_label", "regex": "regex",
+                 "replacement": "replacement", "separator": "separator", "modulus": "modulus", "action": "action"}
+
+
+def _operator_scrape_config(job_name: str, monitor: dict, endpoint: dict, address: str, *,
+                            user_relabelings: bool = True, secrets: dict | None = None) -> dict:
+    """The scrape config the Prometheus Operator generates for one monitor endpoint (promcfg.go), with a static
+    target standing for the discovered exporter pod: its target labels first, then the monitor's relabelings."""
+    meta = dict(EXPORTER_POD_META)
+    job_label = monitor["spec"].get("jobLabel")
+    relabel = [{"source_labels": ["__meta_kubernetes_namespace"], "target_label": "namespace"},
+               {"source_labels": ["__meta_kubernetes_pod_container_name"], "target_label": "container"},
+               {"source_labels": ["__meta_kubernetes_pod_name"], "target_label": "pod"}]
+    if monitor["kind"] == "ServiceMonitor":
+        meta["__meta_kubernetes_service_name"] = monitor["metadata"]["name"]
+        relabel += [{"source_labels": ["__meta_kubernetes_service_name"], "target_label": "service"},
+                    {"source_labels": ["__meta_kubernetes_service_name"], "target_label": "job"}]
+        prefix = "__meta_kubernetes_service_label_"
+    else:
+        relabel += [{"target_label": "job", "replacement": f"gaudi-exporter/{monitor['metadata']['name']}"}]
+        prefix = "__meta_kubernetes_pod_label_"
+    if job_label:
+        meta[prefix + re.sub(r"[^a-zA-Z0-9_]", "_", job_label)] = exporter_job()
+        relabel.append({"source_labels": [prefix + re.sub(r"[^a-zA-Z0-9_]", "_", job_label)],
+                        "target_label": "job", "regex": "(.+)", "replacement": "${1}"})
+    relabel.append({"target_label": "endpoint", "replacement": endpoint["port"]})
+    if user_relabelings:
+        relabel += [{_RELABEL_KEYS[k]: (v.lower() if k == "action" else v) for k, v in r.items()}
+                    for r in endpoint.get("relabelings", [])]
+    cfg = {"job_name": job_name, "honor_labels": bool(endpoint.get("honorLabels", False)),
+           "metrics_path": endpoint.get("path", "/metrics"), "scheme": endpoint.get("scheme", "http"),
+           "static_configs": [{"targets": [address], "labels": meta}], "relabel_configs": relabel}
+    secrets = secrets or {}
+    if tls := endpoint.get("tlsConfig"):
+        ca = tls["ca"]["secret"]
+        cfg["tls_config"] = {"ca_file": secrets[(ca["name"], ca["key"])], "server_name": tls["serverName"]}
+    if auth := endpoint.get("basicAuth"):
+        cfg["basic_auth"] = {k: Path(secrets[(auth[k]["name"], auth[k]["key"])]).read_text()
+                             for k in ("username", "password")}
+    return cfg
+
+
+@contextlib.contextmanager
+def _prometheus(tmp: Path, scrape_configs: list[dict]):
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(
+        {"global": {"scrape_interval": "1s"}, "scrape_configs": scrape_configs}))
+    check = subprocess.run([shutil.which("promtool") or "promtool", "check", "config", str(tmp / "prometheus.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, f"promtool rejects the operator-style scrape config:\n{check.stdout}{check.stderr}"
+    port = procs.free_port()
+    with procs._serving([procs.PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}",
+                         f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
+                         "--log.level=warn"], port) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def _attributed_exporter(extra_args: list[str] = (), wait: bool = True):
+    """The exporter with two simulated HPUs, HPU 0 held by pod team-a/train-0 (container pt) through a real gRPC
+    kubelet pod-resources endpoint, HPU 1 free."""
+    from tests.fakes.kubelet import GAUDI, FakeKubelet, pod, short_socket_path
+
+    sock = short_socket_path()
+    try:
+        with FakeKubelet(sock) as kubelet:
+            kubelet.set_pods([pod("team-a", "train-0", {"pt": {GAUDI: ["SIM00000000"]}})])
+            with procs.exporter(["--backend", "simulated", "--simulated.devices", "2", "--interval", "1",
+                                 "--collector.kubernetes", "--kubernetes.socket", sock, *extra_args],
+                                wait=wait) as (proc, base):
+                yield proc, base
+    finally:
+        shutil.rmtree(os.path.dirname(sock), ignore_errors=True)
+
+
+def _series(prom: str, job: str, metric: str) -> list[dict]:
+    return [r["metric"] for r in procs.query(prom, f'{metric}{{job="{job}"}}')]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("rel", ["overlays/kube-prometheus-stack", "overlays/on-prem"])
+def test_prometheus_keeps_the_hpus_pod_labels_and_puts_none_on_node_series(rel, tmp_path):
+    """A real Prometheus scraping the exporter through the scrape config the operator makes from the rendered
+    node monitor; a second job without the monitor's relabelings shows what the labeldrop prevents."""
+    (monitor, endpoint), *_ = [(m, e) for m, e in _exporter_monitors(render(rel))
+                               if m["metadata"]["name"] == "gaudi-exporter-node"]
+    hpu_up = catalogue.get("gaudi_hpu_up").name
+    build_info = catalogue.get("gaudi_exporter_build_info").name
+    with _attributed_exporter() as (_, base):
+        address = base.split("//", 1)[1]
+        configs = [_operator_scrape_config("monitor", monitor, endpoint, address),
+                   _operator_scrape_config("without", monitor, endpoint, address, user_relabelings=False)]
+        for c in configs[1:]:
+            c["relabel_configs"].append({"target_label": "job", "replacement": "without"})
+        with _prometheus(tmp_path, configs) as prom:
+            procs.wait_for(lambda: len(_series(prom, exporter_job(), hpu_up)) == 2
+                           and len(_series(prom, "without", hpu_up)) == 2, 30, what="both jobs scraped")
+            hpus = {s["hpu"]: s for s in _series(prom, exporter_job(), hpu_up)}
+            (node_series,) = _series(prom, exporter_job(), build_info)
+            control = {s["hpu"]: s for s in _series(prom, "without", hpu_up)}
+    held, free = hpus["0"], hpus["1"]
+    assert {k: held.get(k) for k in ATTRIBUTION} == {"namespace": "team-a", "pod": "train-0", "container": "pt"}
+    assert not any(k.startswith("exported_") for k in held), held
+    assert not set(ATTRIBUTION) & set(free), f"a free HPU must carry no pod labels: {free}"
+    assert not set(ATTRIBUTION) & set(node_series), f"node-level series must carry no pod labels: {node_series}"
+    for s in (held, free, node_series):
+        assert s["node"] == "gaudi-node-1" and s["job"] == exporter_job()
+    # without the labeldrop: the workload's labels are renamed and the exporter pod is stamped on free HPUs
+    assert control["0"]["exported_namespace"] == "team-a" and control["0"]["namespace"] == "gaudi-exporter"
+    assert control["1"]["namespace"] == "gaudi-exporter"
+
+
+# --- one tagged image ---------------------------------------------------------------------------------------------
+
+def _images(objs: list[dict]) -> dict[str, str]:
+    return {f"{w['kind']}/{w['metadata']['name']}/{c['name']}": c["image"]
+            for w in objs if w["kind"] in ("DaemonSet", "Deployment")
+            for c in pod_spec(w)["containers"] + pod_spec(w).get("initContainers", [])}
+
+
+@needs_kubectl
+def test_every_workload_of_every_overlay_runs_the_same_image_tagged_with_the_project_version():
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    images = {f"{rel}: {where}": image for rel in OVERLAYS for where, image in _images(render(rel)).items()}
+    assert any("Deployment/gaudi-exporter-market" in k for k in images), "no overlay runs the market watcher"
+    assert {k: v for k, v in images.items() if v != f"gaudi-exporter:{version}"} == {}, \
+        f"every workload must run gaudi-exporter:{version} (an untagged image means :latest)"
+
+
+@needs_kubectl
+def test_an_overlays_image_setting_reaches_every_workload_including_components(tmp_path):
+    """What docs/deploy.md tells users to do: `images:` in their overlay moves every workload to their registry."""
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "aws", tmp_path)],
+        "images": [{"name": "gaudi-exporter", "newName": "registry.example/team/gaudi-exporter", "newTag": "9.9.9"}]}))
+    images = _images([d for d in yaml.safe_load_all(_render_dir(str(tmp_path))) if d])
+    assert len(images) == 2 and set(images.values()) == {"registry.example/team/gaudi-exporter:9.9.9"}, images
+
+
+# --- components/tls -------------------------------------------------------------------------------------------------
+
+def _with_tls(rel: str, tmp: Path) -> list[dict]:
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / rel, tmp)],
+        "components": [os.path.relpath(K8S / "components" / "tls", tmp)]}))
+    return [d for d in yaml.safe_load_all(_render_dir(str(tmp))) if d]
+
+
+def _web_config_arg(workload: dict) -> tuple[Path, dict]:
+    """The --web.config.file path and the Secret volume mounted at its directory."""
+    spec = pod_spec(workload)
+    (c,) = spec["containers"]
+    (arg,) = [a for a in c["args"] if a.startswith("--web.config.file=")]
+    path = Path(arg.split("=", 1)[1])
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == str(path.parent)]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return path, volume
+
+
+@needs_kubectl
+@pytest.mark.parametrize("rel", OVERLAYS)
+def test_tls_component_serves_https_with_probes_and_monitors_to_match(rel, tmp_path):
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    objs = _with_tls(rel, tmp_path / "k")
+    workloads = [o for o in objs if o["kind"] in ("DaemonSet", "Deployment")]
+    assert len(workloads) == len([o for o in render(rel) if o["kind"] in ("DaemonSet", "Deployment")])
+    for w in workloads:
+        kubernetes_validate.validate(w, K8S_VERSIONS[-1], strict=True)
+        path, volume = _web_config_arg(w)
+        assert volume["secret"]["secretName"] == "gaudi-exporter-web-config"
+        mode, spec = volume["secret"]["defaultMode"], pod_spec(w)
+        uid = spec["containers"][0].get("securityContext", {}).get("runAsUser",
+                                                                  spec.get("securityContext", {}).get("runAsUser"))
+        assert uid == 0 or (mode & 0o040 and spec["securityContext"].get("fsGroup") is not None) or mode & 0o004, \
+            f"{w['metadata']['name']}: uid {uid} cannot read the Secret's files (mode {mode:o})"
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert spec["containers"][0][probe]["httpGet"] == {"path": "/healthz", "port": "metrics",
+                                                               "scheme": "HTTPS"}
+    for _, e in _exporter_monitors(objs):
+        assert e["scheme"] == "https" and e["tlsConfig"]["serverName"] and e["tlsConfig"]["ca"]["secret"]
+        assert {k: e["basicAuth"][k]["name"] for k in ("username", "password")} == \
+            {"username": "gaudi-exporter-scrape", "password": "gaudi-exporter-scrape"}
+        assert _dropped(e, OPERATOR_TARGET_LABELS) == set(ATTRIBUTION), "the tls patch lost the relabelings"
+    for kind, schema in CRD_SCHEMAS.items():
+        docs = [o for o in objs if o["kind"] == kind]
+        if docs:
+            proc = _check_jsonschema(schema, docs, tmp_path / kind)
+            assert proc.returncode == 0, f"{rel}+tls: {kind} invalid:\n{proc.stdout}{proc.stderr}"
+
+
+@needs_kubectl
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")  # the kubelet's probe, on purpose
+def test_tls_component_secrets_as_documented_make_a_working_https_scrape_and_probe(tmp_path):
+    """The node agent started with the rendered --web.config.file (the Secret's keys as files), scraped by a real
+    Prometheus through the operator-style config of the rendered ServiceMonitor; /healthz answers the kubelet's
+    HTTPS probe, which neither verifies the certificate nor sends credentials."""
+    bcrypt = pytest.importorskip("bcrypt")
+    objs = _with_tls("overlays/kube-prometheus-stack", tmp_path / "k")
+    path, volume = _web_config_arg(one(objs, "DaemonSet"))
+    ((monitor, endpoint),) = _exporter_monitors(objs)
+    server_name = endpoint["tlsConfig"]["serverName"]
+    web = tmp_path / volume["secret"]["secretName"]  # stands for the mounted Secret gaudi-exporter-web-config
+    web.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    f"/CN={server_name}", "-addext", f"subjectAltName=DNS:{server_name}",
+                    "-keyout", str(web / "tls.key"), "-out", str(web / "tls.crt")], check=True, capture_output=True)
+    hashed = bcrypt.hashpw(b"scrape-password", bcrypt.gensalt(rounds=4)).decode()
+    (web / path.name).write_text(yaml.safe_dump({"tls_server_config": {"cert_file": "tls.crt", "key_file": "tls.key"},
+                                                 "basic_auth_users": {"prometheus": hashed}}))
+    scrape = tmp_path / "gaudi-exporter-scrape"
+    scrape.mkdir()
+    (scrape / "username").write_text("prometheus")
+    (scrape / "password").write_text("scrape-password")
+    secrets = {("gaudi-exporter-scrape", "ca.crt"): str(web / "tls.crt"),
+               ("gaudi-exporter-scrape", "username"): str(scrape / "username"),
+               ("gaudi-exporter-scrape", "password"): str(scrape / "password")}
+    hpu_up = catalogue.get("gaudi_hpu_up").name
+    with _attributed_exporter([f"--web.config.file={web / path.name}"], wait=False) as (proc, base):
+        https = base.replace("http://", "https://")
+        procs.wait_http(https + "/healthz", proc=proc, verify=False)  # the kubelet's probe
+        assert requests.get(https + "/metrics", verify=False, timeout=5).status_code == 401
+        cfg = _operator_scrape_config("tls", monitor, endpoint, base.split("//", 1)[1], secrets=secrets)
+        with _prometheus(tmp_path / "prom", [cfg]) as prom:
+            up = procs.wait_for(lambda: procs.query(prom, f'up{{job="{exporter_job()}"}} == 1'), 30,
+                                what="the TLS + basic auth target up")
+            assert len(_series(prom, exporter_job(), hpu_up)) == 2
+    assert up[0]["metric"]["node"] == "gaudi-node-1"
 
 
 # --- AWS ------------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ of --duration leaves nothing running."""
 
 from __future__ import annotations
 
+import os
 import queue
 import re
 import shutil
@@ -15,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 import yaml
@@ -34,9 +36,10 @@ pytestmark = [
 class Demo:
     """The stack as a user runs it, with its output collected line by line."""
 
-    def __init__(self, *args: str):
+    def __init__(self, *args: str, env: dict[str, str] | None = None):
         self.proc = subprocess.Popen([sys.executable, str(STACK), "--no-install", *args], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
@@ -46,6 +49,19 @@ class Demo:
         for line in self.proc.stdout:
             self.output.append(line)
             self.lines.put(line)
+
+    def wait_line(self, prefix: str, timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=1)
+            except queue.Empty:
+                if self.proc.poll() is not None:
+                    break
+                continue
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no line {prefix!r} from the demo:\n" + "".join(self.output)[-4000:])
 
     def wait_ready(self, timeout: float = 120) -> dict[str, str]:
         deadline = time.monotonic() + timeout
@@ -156,3 +172,29 @@ def test_demo_with_stock_rules_stops_by_itself_after_duration(tmp_path: Path):
     assert re.search(r"\[demo\] targets up 2/2", "".join(demo.output))
     assert [name for name, url in demo.urls.items() if _listening(url)] == []
     assert (run_dir / "exporter.log").exists(), "--run-dir keeps the logs"
+
+
+def test_ctrl_c_while_starting_stops_everything_without_waiting_for_the_stack(tmp_path: Path):
+    """Ctrl-C while a part is still coming up (here a Prometheus that, like one replaying a long write-ahead log,
+    runs but is not ready yet) ends the demo then and there, and stops what it had started."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "prometheus").write_text("#!/bin/sh\n# running, never ready\nexec sleep 600\n")
+    (bin_dir / "prometheus").chmod(0o755)
+    demo = Demo("--run-dir", str(tmp_path / "run"), env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    try:
+        demo.wait_line("[demo] starting")
+        def parts():
+            children = psutil.Process(demo.proc.pid).children()
+            return children if {"sleep", "prometheus-alertmanager"} <= {c.name() for c in children} else None
+
+        started = wait_for(parts, 30, what="the demo started its parts")
+        assert len(started) == 4, [c.name() for c in started]  # exporter, market watcher, Alertmanager, Prometheus
+    finally:
+        demo.stop()  # SIGINT, as Ctrl-C
+    output = "".join(demo.output)
+    assert demo.proc.returncode == 130, output[-3000:]
+    assert "[demo] interrupted before the stack was up\n" in demo.output and "[demo] stopped\n" in demo.output
+    assert "[demo] ready\n" not in demo.output
+    assert [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == [], \
+        "parts still running after Ctrl-C"

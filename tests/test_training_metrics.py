@@ -55,6 +55,7 @@ def no_habana(monkeypatch):
 
 def make(**kw) -> TrainingMetrics:
     kw.setdefault("memory_reader", None)
+    kw.setdefault("environ", {})  # a single process, whatever launched pytest
     return TrainingMetrics(port=0, addr="127.0.0.1", **kw)
 
 
@@ -156,3 +157,89 @@ def test_memory_stats_is_used_when_the_direct_calls_are_missing(fake_habana):
     fake_habana.fake_free(1 * GIB)
     reading = hpu_memory.HabanaMemoryReader(only_stats).read()
     assert reading == hpu_memory.MemoryReading(4 * GIB, 5 * GIB)
+
+
+RANK_CHILD = """
+import sys
+from exporter.training import TrainingMetrics
+tm = TrainingMetrics("ddp", batch_size=4, port=int(sys.argv[1]), addr="127.0.0.1", memory_reader=None)
+tm.start()
+tm.step(samples=4 * 3)  # the global samples of the step: batch 4 x world size 3
+print("served" if tm.active else "idle", flush=True)
+sys.stdin.read()  # keep serving until the test has scraped
+tm.close()
+"""
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "mpirun"])
+def test_only_local_rank_0_of_several_processes_on_one_port_serves(launcher):
+    """Three ranks of one pod, one port: before ranks were read, ranks 1 and 2 died with EADDRINUSE."""
+    import os
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    repo = Path(__file__).resolve().parents[1]
+    procs = []
+    try:
+        for rank in range(3):
+            if launcher == "torchrun":
+                env = {"LOCAL_RANK": str(rank), "RANK": str(rank), "WORLD_SIZE": "3"}
+            else:
+                env = {"OMPI_COMM_WORLD_LOCAL_RANK": str(rank), "OMPI_COMM_WORLD_RANK": str(rank),
+                       "OMPI_COMM_WORLD_SIZE": "3"}
+            clean = {k: v for k, v in os.environ.items() if k not in {"LOCAL_RANK", "RANK", "WORLD_SIZE"}}
+            procs.append(subprocess.Popen([sys.executable, "-c", RANK_CHILD, str(port)], cwd=repo, text=True,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          env={**clean, **env, "PYTHONPATH": str(repo)}))
+        said = [p.stdout.readline().strip() for p in procs]
+        assert said == ["served", "idle", "idle"], [p.stderr.read() for p in procs if p.poll() is not None]
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        for p in procs:
+            p.communicate("", timeout=30)
+    assert [p.returncode for p in procs] == [0, 0, 0]
+    samples = {tuple(sorted(s.labels.items())): s.value for f in text_string_to_metric_families(text)
+               for s in f.samples if s.name == "gaudi_training_samples_total"}
+    assert samples == {(("job", "ddp"),): 12.0}
+
+
+def test_other_ranks_are_no_ops_that_log_once(caplog):
+    caplog.set_level(logging.INFO, logger="exporter.training")
+    with make(job="j", environ={"LOCAL_RANK": "0", "RANK": "0", "WORLD_SIZE": "2"}) as rank0:
+        rank1 = TrainingMetrics("j", 1, port=rank0.port, addr="127.0.0.1", memory_reader=None,
+                                environ={"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"})
+        rank1.start()  # the port is rank 0's: binding it would raise
+        for _ in range(3):
+            rank1.step(samples=2)
+        rank1.record_checkpoint(1.0)
+        rank1.set_phase(batch_size=8)
+        rank1.close()
+        rank0.step(samples=2)
+        _, s = scrape(rank0)
+    assert (rank0.active, rank1.active) == (True, False)
+    assert rank1.batch_size == 8
+    assert series(s, "gaudi_training_samples_total") == {(("job", "j"),): 2.0}
+    assert not series(s, "gaudi_training_checkpoint_last_timestamp_seconds")
+    said = [r for r in caplog.records if "local rank 1" in r.getMessage()]
+    assert len(said) == 1 and "neither serves nor records" in said[0].getMessage()
+
+
+def test_ranks_come_from_torchrun_or_open_mpi_and_the_serving_rank_is_configurable():
+    from exporter.training.metrics import Ranks, ranks_from_env
+
+    assert ranks_from_env({}) == Ranks(0, 0, 1)
+    assert ranks_from_env({"LOCAL_RANK": "2", "RANK": "10", "WORLD_SIZE": "16"}) == Ranks(2, 10, 16)
+    ompi = {"OMPI_COMM_WORLD_LOCAL_RANK": "3", "OMPI_COMM_WORLD_RANK": "11", "OMPI_COMM_WORLD_SIZE": "16"}
+    assert ranks_from_env(ompi) == Ranks(3, 11, 16)
+    assert ranks_from_env({"RANK": "5", "WORLD_SIZE": "8"}) == Ranks(5, 5, 8)  # no local rank: one host
+    tm = make(job="j", environ=ompi)
+    assert not tm.active and not tm.is_main
+    assert make(job="j", environ=ompi, serve_local_rank=3).active
+    with pytest.raises(ValueError, match="LOCAL_RANK"):
+        ranks_from_env({"LOCAL_RANK": "zero"})
+    with pytest.raises(ValueError, match="OMPI_COMM_WORLD_SIZE"):
+        ranks_from_env({"OMPI_COMM_WORLD_SIZE": "0"})
+    with pytest.raises(ValueError, match="serve_local_rank"):
+        make(job="j", serve_local_rank=-1)

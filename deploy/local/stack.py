@@ -18,6 +18,7 @@ import argparse
 import http.server
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,6 +46,10 @@ MARKET_JOB = "gaudi-exporter-market"
 
 class StackError(RuntimeError):
     pass
+
+
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) arrived before the stack was up."""
 
 
 def log(msg: str) -> None:
@@ -102,7 +107,7 @@ def pick_port(preferred: int) -> int:
     raise StackError("no free port on 127.0.0.1")
 
 
-def http_ok(url: str, timeout: float = 2.0) -> bool:
+def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status == 200
@@ -165,8 +170,29 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
 
 # --- configuration of the parts -----------------------------------------------------------------------------------
 
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration ("90s", "1h30m") in seconds."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise StackError(f"not a duration: {text!r} (e.g. 30s, 1m, 1h30m)")
+    return sum(int(n) * _UNITS[u] for n, u in parts)
+
+
+def shortened(durations: list[str], alert_for: str) -> dict[str, str]:
+    """Each distinct duration -> ``alert_for`` plus one second per rank: every alert fires within a demo, and
+    durations keep their order (the thresholds require some to be longer than others, e.g. read errors than a
+    lost HPU, so that an alert fires first and inhibits the other)."""
+    base = int(duration_seconds(alert_for))
+    ranked = sorted(set(durations), key=duration_seconds)
+    return {d: f"{base + i}s" for i, d in enumerate(ranked)}
+
+
 def build_rules(python: str, out: Path, alert_for: str | None) -> list[Path]:
-    """The project's rules: alerts/build/*.yaml as built, or rebuilt with every `for` set to ``alert_for``."""
+    """The project's rules: alerts/build/*.yaml as built, or rebuilt with every `for` shortened to about
+    ``alert_for``."""
     if alert_for is None:
         files = sorted((REPO / "alerts" / "build").glob("*.yaml"))
         if not files:
@@ -176,10 +202,19 @@ def build_rules(python: str, out: Path, alert_for: str | None) -> list[Path]:
 
     thresholds = yaml.safe_load((REPO / "alerts" / "thresholds.yaml").read_text())
 
+    def is_for(key, value) -> bool:
+        return (key == "for" or key.endswith("_for")) and isinstance(value, str)
+
+    def durations(node) -> list[str]:
+        if isinstance(node, dict):
+            return [d for k, v in node.items() for d in ([v] if is_for(k, v) else durations(v))]
+        return []
+
+    new = shortened(durations(thresholds), alert_for)
+
     def shorten(node):
         if isinstance(node, dict):
-            return {k: (alert_for if (k == "for" or k.endswith("_for")) and isinstance(v, str) else shorten(v))
-                    for k, v in node.items()}
+            return {k: (new[v] if is_for(k, v) else shorten(v)) for k, v in node.items()}
         return node
 
     out.mkdir(parents=True, exist_ok=True)
@@ -215,9 +250,8 @@ def prometheus_config(targets: dict[str, str], rule_files: list[Path], alertmana
 # --- the stack -------------------------------------------------------------------------------------------------------
 
 class Stack:
-    def __init__(self, run_dir: Path, python: str):
+    def __init__(self, run_dir: Path):
         self.run_dir = run_dir
-        self.python = python
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
 
@@ -251,10 +285,13 @@ class Stack:
                 proc.wait()
 
 
-def wait_ready(stack: Stack, urls: dict[str, str], timeout: float) -> None:
+def wait_ready(stack: Stack, urls: dict[str, str], timeout: float, stop: threading.Event) -> None:
+    """Wait until every URL answers; ``stop`` (set by the signal handler) ends the wait at once."""
     deadline = time.monotonic() + timeout
     pending = dict(urls)
     while pending:
+        if stop.is_set():
+            raise Interrupted
         if dead := stack.dead():
             raise StackError(f"{dead[0]} exited before it was ready:\n{stack.tail(dead[0])}")
         for name, url in list(pending.items()):
@@ -262,7 +299,7 @@ def wait_ready(stack: Stack, urls: dict[str, str], timeout: float) -> None:
                 del pending[name]
         if time.monotonic() > deadline:
             raise StackError(f"not ready within {timeout:.0f}s: {', '.join(pending)}")
-        time.sleep(0.2)
+        stop.wait(0.2)
 
 
 def status(urls: dict[str, str], receiver: Receiver) -> str:
@@ -287,26 +324,32 @@ def run(args: argparse.Namespace) -> int:
         if shutil.which(binary) is None:
             raise StackError(f"{binary} not found (apt-get install prometheus prometheus-alertmanager, or run "
                              "without --no-install)")
-    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="gaudi-demo-"))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ports = {name: pick_port(p) for name, p in PORTS.items()}
-    addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-    urls = {name: f"http://{a}" for name, a in addr.items()}
-
-    receiver = Receiver(ports["receiver"])
-    threading.Thread(target=receiver.serve_forever, name="receiver", daemon=True).start()
-
-    rule_files = build_rules(python, run_dir, args.alert_for)
-    (run_dir / "alertmanager.yml").write_text(json.dumps(alertmanager_config(urls["receiver"]), indent=1))
-    (run_dir / "prometheus.yml").write_text(json.dumps(prometheus_config(
-        {EXPORTER_JOB: addr["exporter"], MARKET_JOB: addr["market"]}, rule_files, addr["alertmanager"]), indent=1))
-
-    stack = Stack(run_dir, python)
+    # From here on Ctrl-C (SIGINT) and SIGTERM only set `stop`: every wait below checks it, and the finally clause
+    # stops whatever has been started, whether the stack was up yet or not.
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    env = {"AWS_EC2_METADATA_DISABLED": "true"}
+    run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="gaudi-demo-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stack = Stack(run_dir)
+    receiver: Receiver | None = None
     try:
+        ports = {name: pick_port(p) for name, p in PORTS.items()}
+        addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        urls = {name: f"http://{a}" for name, a in addr.items()}
+
+        receiver = Receiver(ports["receiver"])
+        threading.Thread(target=receiver.serve_forever, name="receiver", daemon=True).start()
+
+        # a Ctrl-C here also reaches the rules build (same process group): it fails, and `stop` says why
+        rule_files = build_rules(python, run_dir, args.alert_for)
+        if stop.is_set():
+            raise Interrupted
+        (run_dir / "alertmanager.yml").write_text(json.dumps(alertmanager_config(urls["receiver"]), indent=1))
+        (run_dir / "prometheus.yml").write_text(json.dumps(prometheus_config(
+            {EXPORTER_JOB: addr["exporter"], MARKET_JOB: addr["market"]}, rule_files, addr["alertmanager"]),
+            indent=1))
+        env = {"AWS_EC2_METADATA_DISABLED": "true"}
         stack.start("exporter", [python, "-m", "exporter", "--web.listen-address", addr["exporter"],
                                  "--backend", "simulated", "--simulated.devices", "8", "--simulated.model", "HL-325L",
                                  "--simulated.profile", args.profile, "--interval", "2",
@@ -322,11 +365,12 @@ def run(args: argparse.Namespace) -> int:
                                    f"--storage.tsdb.path={run_dir / 'prometheus'}",
                                    f"--web.listen-address={addr['prometheus']}", "--rules.alert.resend-delay=5s",
                                    "--log.level=warn"])
+        log(f"starting exporter, market watcher, Alertmanager and Prometheus in {run_dir} (Ctrl-C stops)")
         wait_ready(stack, {"exporter": urls["exporter"] + "/healthz", "market": urls["market"] + "/healthz",
                            "alertmanager": urls["alertmanager"] + "/-/ready",
-                           "prometheus": urls["prometheus"] + "/-/ready"}, timeout=60)
+                           "prometheus": urls["prometheus"] + "/-/ready"}, timeout=60, stop=stop)
         rules_note = ("alerts/build/*.yaml" if args.alert_for is None
-                      else f"alerts/ rebuilt with every `for` = {args.alert_for} (demo)")
+                      else f"alerts/ rebuilt with every `for` about {args.alert_for} (demo)")
         print(f"""
 gaudi-exporter demo is up (profile {args.profile}); logs and data in {run_dir}
   URL exporter     {urls['exporter']}/metrics   8 simulated Gaudi 3 HPUs (backend="simulated"), 19.92 USD/h
@@ -355,11 +399,17 @@ Ctrl-C stops everything.""", flush=True)
                 break
         log(status(urls, receiver))
         return 0
+    except (Interrupted, subprocess.CalledProcessError):
+        if not stop.is_set():
+            raise
+        log("interrupted before the stack was up")
+        return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     finally:
         log("stopping")
         stack.stop()
-        receiver.shutdown()
-        receiver.server_close()
+        if receiver is not None:
+            receiver.shutdown()
+            receiver.server_close()
         if not args.run_dir and not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         log("stopped")
@@ -369,8 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=PROFILES, default="training", help="simulated workload (default %(default)s)")
     ap.add_argument("--alert-for", metavar="DURATION",
-                    help="rebuild the rules with every alert's `for` set to DURATION (e.g. 1m) so alerts fire in "
-                         "a demo; default: load alerts/build/*.yaml as built")
+                    help="rebuild the rules with every alert's `for` shortened to DURATION (e.g. 1m; longer ones "
+                         "a second more per step, to keep their order) so alerts fire in a demo; default: load "
+                         "alerts/build/*.yaml as built")
     ap.add_argument("--duration", type=float, default=0, help="stop after SECONDS (default: run until Ctrl-C)")
     ap.add_argument("--status-every", type=float, default=30, help="print a status line every SECONDS")
     ap.add_argument("--no-install", action="store_true", help="do not install anything; use this Python")
@@ -389,6 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     except subprocess.CalledProcessError as e:
         log(f"error: {' '.join(map(str, e.cmd))} failed with exit {e.returncode}")
         return 1
+    except KeyboardInterrupt:  # during the installation, before run() takes over the signals
+        log("interrupted")
+        return 130
 
 
 if __name__ == "__main__":

@@ -70,7 +70,7 @@ def _sort_key(key: str) -> tuple:
 def analyse(prom: Prometheus, job: str, label: str, start: float, end: float, *, job_label: str = "auto",
             join: str = "auto", cost_selector: str | None = None) -> tuple[dict[str, Phase], str, str]:
     data = fetch(prom, job, start, end, job_label=job_label, cost_selector=cost_selector)
-    phases = split_phases(data.samples, data.info, label, data.tokens)
+    phases = split_phases(data.samples, data.info, label)
     if not phases:
         raise AdvisorError(f"job {job!r}: no two consecutive scrapes with the same settings in the window; "
                            "let it run longer or widen --range")

@@ -30,6 +30,7 @@ from exporter.advisor.runs import (
     join_cost,
     monotonic,
     price_phases,
+    resolve_job_label,
     split_phases,
     target_of,
 )
@@ -117,8 +118,6 @@ def _in_window(s: Series, start: float, end: float) -> list[tuple[float, float]]
 
 
 def first_sample(prom: Prometheus, job: str, end: float, lookback: float, job_label: str) -> float:
-    from exporter.advisor.runs import resolve_job_label
-
     lab = resolve_job_label(prom, job, end - lookback, end, job_label)
     series = prom.raw(f"{SAMPLES}{{{lab}={quote(job)}}}", end - lookback, end)
     times = [s.points[0][0] for s in series if s.points]
@@ -182,8 +181,7 @@ def collect(prom: Prometheus, job: str, start: float, end: float, *, job_label: 
     prices = sorted({f"{s.points[-1][1]:g} USD/h (source {s.labels.get('source', '?')}"
                      + (f", {s.labels['lifecycle']}" if s.labels.get("lifecycle") else "") + ")"
                      for s in price if s.points})
-    phases = split_phases([Series(s.labels, _in_window(s, start, end)) for s in data.samples], data.info, None,
-                          data.tokens)
+    phases = split_phases([Series(s.labels, _in_window(s, start, end)) for s in data.samples], data.info, None)
     price_phases(phases, j)
     step("done")
     return RunReport(

@@ -6,6 +6,11 @@ pairs across a phase change, and pairs in which no sample was counted (startup, 
 dropped. Cost: the training target is joined to the node exporter target(s) of the node it ran on (by the
 ``node`` label when both carry one, else by the host part of ``instance``, or by an explicit selector), and
 the node cost counter is integrated over exactly the phase's intervals.
+
+Rates are integrals over time, never sums of per-target rates: a pod restarted mid-phase is a new target that ran
+after the old one, not beside it, and a job that moved node paid one node, then the other. So a phase's throughput
+is its samples over its wall time (the union of its targets' intervals), and its cost rate is the cost of each node
+while the job ran on it, over the same wall time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from exporter.advisor.prom import Prometheus, Series, quote
 
 INFO = catalogue.get("gaudi_training_info").name
 SAMPLES = catalogue.get("gaudi_training_samples_total").name
-TOKENS = catalogue.get("gaudi_training_tokens_total").name
+TOKENS = catalogue.get("gaudi_training_tokens_total").name  # fetched for the report's totals
 NODE_COST = catalogue.get("gaudi_node_cost_usd_total").name
 SETTINGS = ("batch_size", "precision", "model")
 JOB_LABELS = ("job", "exported_job")  # exported_job: Prometheus renamed the metric's job (honor_labels false)
@@ -77,10 +82,14 @@ def merge(windows: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return [(a, b) for a, b in out]
 
 
+def covered(windows: list[tuple[float, float]]) -> float:
+    """Seconds covered by the union of the windows."""
+    return sum(b - a for a, b in merge(windows))
+
+
 @dataclass
 class TargetStats:
     samples: float = 0.0
-    tokens: float = 0.0
     seconds: float = 0.0
     intervals: int = 0
     windows: list[tuple[float, float]] = field(default_factory=list)
@@ -94,7 +103,6 @@ class Phase:
     targets: dict[Target, TargetStats] = field(default_factory=dict)
     settings: set[tuple[tuple[str, str], ...]] = field(default_factory=set)
     cost_usd: float = 0.0
-    cost_seconds: float = 0.0  # node-seconds priced
     usd_per_second: float | None = None
 
     @property
@@ -102,22 +110,26 @@ class Phase:
         return sum(s.samples for s in self.targets.values())
 
     @property
-    def tokens(self) -> float:
-        return sum(s.tokens for s in self.targets.values())
+    def windows(self) -> list[tuple[float, float]]:
+        return merge([w for s in self.targets.values() for w in s.windows])
 
     @property
     def seconds(self) -> float:
-        """Wall time observed (the longest-observed target; targets run in parallel)."""
-        return max((s.seconds for s in self.targets.values()), default=0.0)
+        """Wall time observed: the union of all targets' intervals (concurrent ones overlap, successive add up)."""
+        return covered(self.windows)
 
     @property
     def points(self) -> int:
-        """Scrape intervals observed for the phase on its best-observed target."""
-        return max((s.intervals for s in self.targets.values()), default=0)
+        """Scrape intervals observed over the phase's wall time: successive targets (a restart) add up,
+        concurrent ones (several pods) count once."""
+        seconds = sum(s.seconds for s in self.targets.values())
+        intervals = sum(s.intervals for s in self.targets.values())
+        return round(intervals * self.seconds / seconds) if seconds > 0 else 0
 
     @property
     def samples_per_second(self) -> float:
-        return sum(s.samples / s.seconds for s in self.targets.values() if s.seconds > 0)
+        seconds = self.seconds
+        return self.samples / seconds if seconds > 0 else 0.0
 
     @property
     def usd_per_sample(self) -> float | None:
@@ -127,8 +139,7 @@ class Phase:
         return self.usd_per_second / sps
 
 
-def split_phases(samples: list[Series], info: list[Series], label: str | None,
-                 tokens: list[Series] = ()) -> dict[str, Phase]:
+def split_phases(samples: list[Series], info: list[Series], label: str | None) -> dict[str, Phase]:
     """Group consecutive scrape pairs by the value of the info label ``label`` (None: by all settings)."""
     if label is not None and label not in SETTINGS:
         raise ValueError(f"unknown setting {label!r}; one of {', '.join(SETTINGS)}")
@@ -139,12 +150,10 @@ def split_phases(samples: list[Series], info: list[Series], label: str | None,
         for t, v in s.points:
             if v == 1:
                 info_at[tgt][t] = settings
-    tokens_by_target = {target_of(s.labels): dict(monotonic(s.points)) for s in tokens}
     phases: dict[str, Phase] = {}
     for s in samples:
         tgt = target_of(s.labels)
         at = info_at.get(tgt, {})
-        tok = tokens_by_target.get(tgt, {})
         for (t0, v0), (t1, v1) in pairwise(s.points):
             a, b = at.get(t0), at.get(t1)
             if a is None or a != b or t1 <= t0 or v1 == v0:
@@ -154,8 +163,6 @@ def split_phases(samples: list[Series], info: list[Series], label: str | None,
             ph.settings.add(a)
             st = ph.targets.setdefault(tgt, TargetStats())
             st.samples += v1 - v0 if v1 >= v0 else v1
-            if t0 in tok and t1 in tok:
-                st.tokens += tok[t1] - tok[t0]
             st.seconds += t1 - t0
             st.intervals += 1
             st.windows.append((t0, t1))
@@ -204,8 +211,13 @@ def join_cost(training_targets: list[Target], cost_series: list[Series], method:
 
 
 def price_phases(phases: dict[str, Phase], join: Join) -> None:
-    """Integrate each joined node's cost counter over the phase's own intervals."""
+    """The cost of each joined node while the job ran on it, over the phase's wall time.
+
+    A node's cost rate while priced (its counter covers those intervals) is weighted by the share of the phase's
+    wall time the job ran there: two nodes at once add up, one node after another average.
+    """
     for ph in phases.values():
+        wall = ph.seconds
         by_node: dict[Target, list[tuple[float, float]]] = defaultdict(list)
         for tgt, st in ph.targets.items():
             for node in join.nodes.get(tgt, []):
@@ -214,8 +226,9 @@ def price_phases(phases: dict[str, Phase], join: Join) -> None:
         priced = False
         for node, windows in by_node.items():
             curve = join.cost[node]
+            ran = merge(windows)
             usd = secs = 0.0
-            for a, b in merge(windows):
+            for a, b in ran:
                 a, b = max(a, curve[0][0]), min(b, curve[-1][0])  # scrapes of the two targets are offset
                 if b <= a:
                     continue
@@ -224,10 +237,10 @@ def price_phases(phases: dict[str, Phase], join: Join) -> None:
                     continue
                 usd += vb - va
                 secs += b - a
-            if secs > 0:
-                rate += usd / secs
-                ph.cost_usd += usd
-                ph.cost_seconds += secs
+            if secs > 0 and wall > 0:
+                node_rate = usd / secs
+                rate += node_rate * covered(ran) / wall
+                ph.cost_usd += node_rate * covered(ran)
                 priced = True
         ph.usd_per_second = rate if priced else None
 

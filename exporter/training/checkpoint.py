@@ -5,6 +5,10 @@ name, so a crash mid-write leaves the previous checkpoint intact. Each one recor
 metrics and the cost the job accrued (from the node exporter's gaudi_node_cost_usd_total on loopback), and
 the node exporter is told that a checkpoint landed so its cost-at-risk gauge restarts from zero. torch is
 imported only when needed.
+
+"Latest" means last saved, not highest step: a run resumed from an older checkpoint saves lower steps than the
+abandoned ones it left behind, so every file name carries a save sequence number (``ckpt-<seq>-step<step>.pt``)
+and retention and ``load_latest`` go by it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 import urllib.error
@@ -35,6 +40,9 @@ log = logging.getLogger(__name__)
 FORMAT = "gaudi-exporter-checkpoint/1"
 NODE_COST = catalogue.get("gaudi_node_cost_usd_total").name
 CHECKPOINT_API = "/api/v1/checkpoint"
+# A temp file whose writer cannot be checked (another host, an old name) is only removed when this old: no save
+# of a healthy process takes that long.
+STALE_TEMP_SECONDS = 6 * 3600.0
 
 
 def _torch():
@@ -56,6 +64,7 @@ class Checkpoint:
     saved_at: float
     job: str
     state: Any = field(repr=False)
+    sequence: int = -1  # save order in its directory (-1: a file from before sequence numbers)
 
 
 class ExporterClient:
@@ -99,6 +108,32 @@ class ExporterClient:
         except (OSError, urllib.error.URLError) as e:
             log.warning("could not report the checkpoint to %s: %s", url, e)
         return False
+
+
+def announce_checkpoint(timestamp: float, job: str, metrics: TrainingMetrics | None,
+                        exporter: ExporterClient | None) -> None:
+    """What follows every checkpoint, whoever saved it: the training gauge, the step timer, the node exporter."""
+    if metrics is not None:
+        metrics.record_checkpoint(timestamp)
+        metrics.mark()  # the save is not part of the next step's duration
+    if exporter is not None:
+        exporter.report_checkpoint(timestamp, job)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname()) or "host"
 
 
 class CostMeter:
@@ -148,7 +183,9 @@ class CheckpointManager:
         self._metrics = training_metrics
         self._exporter = ExporterClient(exporter_url, timeout) if exporter_url else None
         self._cost = CostMeter(self._exporter.node_cost if self._exporter else (lambda: None))
-        self._pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)\.pt$")
+        self._pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-step(\d+)\.pt$")
+        self._legacy = re.compile(rf"^{re.escape(prefix)}-(\d+)\.pt$")  # ckpt-<step>.pt, before sequences
+        self._temp = re.compile(rf"^\.{re.escape(prefix)}-tmp-(\d+)@(.+)-[^-]*\.tmp$")
         self._remove_stale_temp_files()
 
     # --- saving
@@ -162,8 +199,12 @@ class CheckpointManager:
         saved_at = self._clock()
         payload = {"format": FORMAT, "job": self.job, "step": int(step), "metrics": metrics, "cost_usd": cost,
                    "node_cost_usd_total": self._cost.node_total, "saved_at": saved_at, "state": state}
-        final = self.directory / f"{self.prefix}-{step:012d}.pt"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.prefix}-{step:012d}.", suffix=".tmp")
+        listed = self._listed()
+        sequence = max((seq for seq, _, _ in listed), default=-1) + 1
+        final = self.directory / f"{self.prefix}-{sequence:08d}-step{step:012d}.pt"
+        # the writer's pid and host in the name: another manager only removes it once that process is gone
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{self.prefix}-tmp-{os.getpid()}@{_host()}-",
+                                   suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
                 torch.save(payload, f)
@@ -176,33 +217,35 @@ class CheckpointManager:
             raise
         self._fsync_directory()
         self._prune()
-        if self._metrics is not None:
-            self._metrics.record_checkpoint(saved_at)
-            self._metrics.mark()  # the save is not part of the next step's duration
-        if self._exporter is not None:
-            self._exporter.report_checkpoint(saved_at, self.job)
+        announce_checkpoint(saved_at, self.job, self._metrics, self._exporter)
         log.info("checkpoint %s saved (step %d, job cost %s USD)", final.name, step,
                  "unknown" if cost is None else f"{cost:.4f}")
         return final
 
     # --- listing and loading
     def checkpoints(self) -> list[Path]:
-        """Final checkpoint files, oldest step first (temp files of an interrupted save are not listed)."""
+        """Final checkpoint files, oldest save first (temp files of an interrupted save are not listed)."""
+        return [p for _, _, p in self._listed()]
+
+    def _listed(self) -> list[tuple[int, int, Path]]:
+        """(save sequence, step, path) oldest save first; files from before sequences count as older, by step."""
         found = []
         for p in self.directory.iterdir():
-            m = self._pattern.match(p.name)
-            if m and p.is_file():
-                found.append((int(m.group(1)), p))
-        return [p for _, p in sorted(found)]
+            if not p.is_file():
+                continue
+            if m := self._pattern.match(p.name):
+                found.append((int(m.group(1)), int(m.group(2)), p))
+            elif m := self._legacy.match(p.name):
+                found.append((-1, int(m.group(1)), p))
+        return sorted(found)
 
     def load_latest(self, *, map_location: Any = "cpu", weights_only: bool = True,
                     resume_cost: bool = True) -> Checkpoint | None:
-        """The newest checkpoint that loads; unreadable ones are skipped with a warning."""
+        """The last saved checkpoint that loads; unreadable ones are skipped with a warning."""
         for path in reversed(self.checkpoints()):
             ckpt = self._load(path, map_location=map_location, weights_only=weights_only)
             if ckpt is not None:
-                if resume_cost:
-                    self.resume(ckpt)
+                self._loaded(ckpt, resume_cost)
                 return ckpt
         return None
 
@@ -212,7 +255,7 @@ class CheckpointManager:
         if mode not in ("min", "max"):
             raise ValueError(f"CheckpointManager.load_best: 'mode' must be 'min' or 'max', got {mode!r}")
         candidates = []
-        for path in self.checkpoints():
+        for order, path in enumerate(self.checkpoints()):
             head = self._load(path, map_location="cpu", weights_only=weights_only, mmap=True)
             if head is None:
                 continue
@@ -220,14 +263,19 @@ class CheckpointManager:
                 log.info("checkpoint %s has no metric %r; not a candidate", path.name, metric)
                 continue
             value = head.metrics[metric]
-            candidates.append((value if mode == "min" else -value, -head.step, path))
+            candidates.append((value if mode == "min" else -value, -order, path))  # ties: the last saved
         for _, _, path in sorted(candidates):
             ckpt = self._load(path, map_location=map_location, weights_only=weights_only)
             if ckpt is not None:
-                if resume_cost:
-                    self.resume(ckpt)
+                self._loaded(ckpt, resume_cost)
                 return ckpt
         return None
+
+    def _loaded(self, ckpt: Checkpoint, resume_cost: bool) -> None:
+        if resume_cost:
+            self.resume(ckpt)
+        if self._metrics is not None:  # a restarted job shows its last checkpoint before it saves again
+            self._metrics.record_checkpoint(ckpt.saved_at)
 
     def resume(self, ckpt: Checkpoint) -> None:
         """Carry the cost a resumed run had accrued, so later checkpoints hold the job's whole cost."""
@@ -250,12 +298,13 @@ class CheckpointManager:
         if not isinstance(payload, dict) or payload.get("format") != FORMAT:
             log.warning("checkpoint %s is not a %s file; skipped", path, FORMAT)
             return None
+        m = self._pattern.match(path.name)
         try:
             return Checkpoint(path=path, step=int(payload["step"]), metrics=dict(payload["metrics"]),
                               cost_usd=payload.get("cost_usd"),
                               node_cost_usd_total=payload.get("node_cost_usd_total"),
                               saved_at=float(payload["saved_at"]), job=str(payload["job"]),
-                              state=payload["state"])
+                              state=payload["state"], sequence=int(m.group(1)) if m else -1)
         except (KeyError, TypeError, ValueError) as e:
             log.warning("checkpoint %s lacks field %s; skipped", path, e)
             return None
@@ -275,7 +324,26 @@ class CheckpointManager:
                 os.close(fd)
 
     def _remove_stale_temp_files(self) -> None:
+        """Remove temp files of saves that can no longer finish, never one another process is still writing.
+
+        Ours name their writer (pid@host): gone from this host means stale. A writer on another host (a shared
+        volume) or an unnamed file is only judged by age (STALE_TEMP_SECONDS).
+        """
+        host = _host()
+        now = time.time()
         for p in self.directory.glob(f".{self.prefix}-*.tmp"):
+            m = self._temp.match(p.name)
+            if m and m.group(2) == host:
+                pid = int(m.group(1))
+                stale = pid != os.getpid() and not _pid_alive(pid)
+            else:
+                try:
+                    stale = now - p.stat().st_mtime > STALE_TEMP_SECONDS
+                except OSError:
+                    continue
+            if not stale:
+                log.info("leaving %s: another save may still be writing it", p.name)
+                continue
             log.warning("removing %s, left by an interrupted checkpoint save", p.name)
             with contextlib.suppress(OSError):
                 p.unlink()
