@@ -50,28 +50,24 @@ class Demo:
             self.output.append(line)
             self.lines.put(line)
 
-    def wait_line(self, prefix: str, timeout: float = 120) -> str:
+    def _lines_until(self, timeout: float):
+        """The demo's lines as they come, until it exits or ``timeout`` passes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                line = self.lines.get(timeout=1)
+                yield self.lines.get(timeout=1)
             except queue.Empty:
                 if self.proc.poll() is not None:
-                    break
-                continue
+                    return
+
+    def wait_line(self, prefix: str, timeout: float = 120) -> str:
+        for line in self._lines_until(timeout):
             if line.startswith(prefix):
                 return line
         raise AssertionError(f"no line {prefix!r} from the demo:\n" + "".join(self.output)[-4000:])
 
     def wait_ready(self, timeout: float = 120) -> dict[str, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=1)
-            except queue.Empty:
-                if self.proc.poll() is not None:
-                    break
-                continue
+        for line in self._lines_until(timeout):
             if m := re.match(r"\s+URL (\w+)\s+(http://127\.0\.0\.1:\d+)", line):
                 self.urls[m.group(1)] = m.group(2)
             if line.startswith("[demo] ready"):

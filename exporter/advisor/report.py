@@ -269,25 +269,19 @@ def charts(r: RunReport) -> list[tuple[str, bytes]]:
         plt.close(fig)
         return buf.getvalue()
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for name, pts in r.cost_curves.items():
-        ax.plot([t - r.start for t, _ in pts], [v for _, v in pts], label=name)
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("USD")
-    ax.set_title("Cumulative node cost")
-    if r.cost_curves:
-        ax.legend(fontsize=7)
-    out.append(("Cumulative node cost", png(fig)))
+    def lines(curves: dict, title: str, ylabel: str) -> bytes:
+        fig, ax = plt.subplots(figsize=(7, 3))
+        for name, pts in curves.items():
+            ax.plot([t - r.start for t, _ in pts], [v for _, v in pts], label=name)
+        ax.set_xlabel("seconds since start")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if curves:
+            ax.legend(fontsize=7)
+        return png(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 3))
-    for name, pts in r.throughput.items():
-        ax.plot([t - r.start for t, _ in pts], [v for _, v in pts], label=name)
-    ax.set_xlabel("seconds since start")
-    ax.set_ylabel("samples/s")
-    ax.set_title("Throughput per scrape interval")
-    if r.throughput:
-        ax.legend(fontsize=7)
-    out.append(("Throughput", png(fig)))
+    out.append(("Cumulative node cost", lines(r.cost_curves, "Cumulative node cost", "USD")))
+    out.append(("Throughput", lines(r.throughput, "Throughput per scrape interval", "samples/s")))
 
     if r.hpu_usd and r.idle_usd is not None:
         fig, ax = plt.subplots(figsize=(4, 3))
