@@ -115,15 +115,19 @@ def _check_jsonschema(schema: Path, docs: list[dict], tmp: Path) -> subprocess.C
     return subprocess.run([exe, "--schemafile", str(schema), *files], capture_output=True, text=True)
 
 
-@needs_kubectl
-@pytest.mark.parametrize("rel", KUSTOMIZATIONS)
-def test_prometheus_operator_objects_validate_against_crd_schemas(rel, tmp_path):
-    objs = render(rel)
+def assert_operator_objects_valid(objs: list[dict], what: str, tmp_path) -> None:
+    """Every Prometheus Operator object in ``objs`` validates against its CRD schema."""
     for kind, schema in CRD_SCHEMAS.items():
         docs = [o for o in objs if o["kind"] == kind]
         if docs:
             proc = _check_jsonschema(schema, docs, tmp_path / kind)
-            assert proc.returncode == 0, f"{rel}: {kind} invalid:\n{proc.stdout}{proc.stderr}"
+            assert proc.returncode == 0, f"{what}: {kind} invalid:\n{proc.stdout}{proc.stderr}"
+
+
+@needs_kubectl
+@pytest.mark.parametrize("rel", KUSTOMIZATIONS)
+def test_prometheus_operator_objects_validate_against_crd_schemas(rel, tmp_path):
+    assert_operator_objects_valid(render(rel), rel, tmp_path)
 
 
 @needs_kubectl
@@ -563,11 +567,7 @@ def test_tls_component_serves_https_with_probes_and_monitors_to_match(rel, tmp_p
         assert {k: e["basicAuth"][k]["name"] for k in ("username", "password")} == \
             {"username": "gaudi-exporter-scrape", "password": "gaudi-exporter-scrape"}
         assert _dropped(e, OPERATOR_TARGET_LABELS) == set(ATTRIBUTION), "the tls patch lost the relabelings"
-    for kind, schema in CRD_SCHEMAS.items():
-        docs = [o for o in objs if o["kind"] == kind]
-        if docs:
-            proc = _check_jsonschema(schema, docs, tmp_path / kind)
-            assert proc.returncode == 0, f"{rel}+tls: {kind} invalid:\n{proc.stdout}{proc.stderr}"
+    assert_operator_objects_valid(objs, f"{rel}+tls", tmp_path)
 
 
 @needs_kubectl
