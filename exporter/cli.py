@@ -5,16 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
-import signal
-import socket
 import sys
-import threading
-import time
 from collections.abc import Sequence
 
 from exporter import __version__
-from exporter.config import OPTIONS, ConfigError, Option, Settings, resolve
+from exporter.config import GROUP_TITLES, OPTIONS, ConfigError, resolve
 
 log = logging.getLogger("gaudi_exporter")
 
@@ -26,20 +21,6 @@ SUBCOMMANDS: dict[str, dict[str | None, str]] = {
                "query": "exporter.advisor.prom:main"},
     "report": {"run": "exporter.advisor.report:main", "regions": "exporter.market.report:main"},
 }
-
-GROUP_TITLES = {
-    "general": "general", "web": "HTTP server", "devices": "device backends", "cost": "cost model",
-    "pricing": "prices", "node": "node identity, spot notices, checkpoints", "attribution":
-    "Kubernetes / HPC attribution", "market": "market watcher (--mode market)", "log": "logging",
-    "collectors": "collectors (node_exporter style: --collector.NAME / --no-collector.NAME)",
-}
-
-
-def _flag(opt: Option) -> str:
-    if opt.key.startswith("collectors."):
-        return "--collector." + opt.key.split(".", 1)[1]
-    return opt.flag
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -59,14 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         g = groups.get(opt.group) or groups.setdefault(opt.group, p.add_argument_group(GROUP_TITLES[opt.group]))
         kw: dict = {"dest": opt.key, "default": argparse.SUPPRESS, "help": opt.help + f" (default: {opt.default})"}
         if opt.type is bool:
-            g.add_argument(_flag(opt), action=argparse.BooleanOptionalAction, **kw)
+            g.add_argument(opt.flag, action=argparse.BooleanOptionalAction, **kw)
             continue
         if opt.choices:
             kw["choices"] = opt.choices
         kw["metavar"] = {int: "N", float: "NUMBER", list: "A,B"}.get(opt.type, "VALUE") if not opt.choices else None
         if kw["metavar"] is None:
             del kw["metavar"]
-        g.add_argument(_flag(opt), **kw)
+        g.add_argument(opt.flag, **kw)
     return p
 
 
@@ -138,22 +119,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("%s", e)
         print(f"gaudi-exporter: {e}", file=sys.stderr)
         return 1
-
-
-def node_name(settings: Settings) -> str:
-    return settings["node.name"] or os.environ.get("NODE_NAME") or socket.gethostname()
-
-
-def install_signal_handlers(stop: threading.Event) -> None:
-    def handler(signum: int, frame: object) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def wait_for_stop(stop: threading.Event) -> None:
-    while not stop.wait(1.0):
-        pass
-    time.sleep(0)

@@ -9,6 +9,7 @@ and the expected form (the CLI exits 2).
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,8 @@ class Option:
 
     @property
     def flag(self) -> str:
+        if self.key.startswith("collectors."):  # node_exporter's spelling: --collector.NAME / --no-collector.NAME
+            return "--collector." + self.key.split(".", 1)[1]
         return "--" + self.key.replace("_", "-")
 
     @property
@@ -54,6 +57,14 @@ class Option:
                 list: "a list of strings (or a comma-separated string)"}[self.type] + (
             f" >= {self.minimum:g}" if self.minimum is not None else "")
 
+
+# option group -> the heading it has in --help and in the README's flag table
+GROUP_TITLES = {
+    "general": "general", "web": "HTTP server", "devices": "device backends", "cost": "cost model",
+    "pricing": "prices", "node": "node identity, spot notices, checkpoints", "attribution":
+    "Kubernetes / HPC attribution", "market": "market watcher (--mode market)", "log": "logging",
+    "collectors": "collectors (node_exporter style: --collector.NAME / --no-collector.NAME)",
+}
 
 Opt = Option
 OPTIONS: list[Option] = [
@@ -259,3 +270,9 @@ def resolve(flags: Mapping[str, Any], config_file: str | None, env: Mapping[str,
     if settings["collectors.hpc"] and not settings["hpc.job_dir"]:
         raise ConfigError("collector hpc needs hpc.job_dir (--hpc.job-dir DIR)")
     return settings
+
+
+def node_name(settings: Settings, env: Mapping[str, str] | None = None) -> str:
+    """The node label: --node.name, else NODE_NAME (the DaemonSet's downward API), else the host name."""
+    env = os.environ if env is None else env
+    return settings["node.name"] or env.get("NODE_NAME") or socket.gethostname()

@@ -10,9 +10,10 @@ import time
 from exporter import __version__, backends
 from exporter.accounting import Accountant
 from exporter.backends.base import BackendUnavailable
-from exporter.config import Settings
+from exporter.config import Settings, node_name
 from exporter.http import Site, parse_listen_address, serve
 from exporter.loop import Loop
+from exporter.signals import install_signal_handlers
 
 log = logging.getLogger("gaudi_exporter")
 
@@ -98,7 +99,7 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
 
         collectors.append(SpotCollector(imds, settings["spot.poll_seconds"]))
     if on["checkpoint"]:
-        from exporter.checkpoint import CheckpointTracker
+        from exporter.checkpoint_tracker import CheckpointTracker
         from exporter.collectors.checkpoint import CheckpointCollector
 
         tracker = CheckpointTracker(settings["checkpoint.path"])
@@ -135,8 +136,6 @@ def build_market(settings: Settings, stop: threading.Event) -> Loop:
 
 
 def run(settings: Settings) -> int:
-    from exporter.cli import install_signal_handlers, node_name
-
     try:
         parse_listen_address(settings["web.listen_address"])
     except ValueError as e:

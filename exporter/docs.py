@@ -49,19 +49,19 @@ def metrics_json() -> str:
 
 def options_markdown() -> str:
     """Every flag with its YAML key, environment variable and default (the README includes it)."""
-    from exporter.cli import GROUP_TITLES, _flag
+    from exporter.config import GROUP_TITLES as OPTION_GROUPS
     from exporter.config import OPTIONS
 
     lines = ["| flag | YAML key / environment variable | default | meaning |", "| --- | --- | --- | --- |"]
     for o in OPTIONS:
-        flag = _flag(o)
+        flag = o.flag
         if o.type is bool:
             flag = f"{flag}, --no-{flag[2:]}"
         default = "" if o.default is None else (",".join(o.default) if isinstance(o.default, list) else o.default)
         sep, empty = " \\| ", '""'
         choices = " (" + sep.join(c or empty for c in o.choices) + ")" if o.choices else ""
         shown = f"`{default}`" if default != "" else ""
-        lines.append(f"| `{flag}` | `{o.key}` / `{o.env}` | {shown} | {GROUP_TITLES[o.group]}: "
+        lines.append(f"| `{flag}` | `{o.key}` / `{o.env}` | {shown} | {OPTION_GROUPS[o.group]}: "
                      f"{o.help}{choices} |")
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from exporter import catalogue, render
+from exporter import catalogue, textformat
 from exporter.accounting import Accountant, Owner
 from exporter.readings import DeviceIdentity, Snapshot
 
@@ -291,6 +291,6 @@ class Renderer:
     def render(self, view: View) -> Exposition:
         self.collector.view = view
         families = list(self.registry.collect())
-        text = render.text(families)
-        om = render.openmetrics(families)
+        text = textformat.text(families)
+        om = textformat.openmetrics(families)
         return Exposition(text, gzip.compress(text, 1), om, gzip.compress(om, 1))

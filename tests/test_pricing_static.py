@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from exporter import pricing
-from exporter.pricing import catalogue
+from exporter.pricing import price_list
 from exporter.pricing.base import NodeIdentity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,15 +65,15 @@ def test_built_in_entry_chosen_by_instance_type_or_device_model():
     assert gaudi2.prices(NOW).paid.usd_per_hour == 10.40
 
 
-def test_no_invented_prices_in_the_catalogue():
+def test_no_invented_prices_in_the_price_list():
     # The old guide's $32.77 "Gaudi 3 instance" and dl2q are not Gaudi facts; only the three sourced entries exist.
-    assert {e.usd_per_hour for e in catalogue.ENTRIES} == {13.109, 19.92, 10.40}
-    assert not any("dl2q" in e.name or "dl2q" in e.instance_type for e in catalogue.ENTRIES)
+    assert {e.usd_per_hour for e in price_list.ENTRIES} == {13.109, 19.92, 10.40}
+    assert not any("dl2q" in e.name or "dl2q" in e.instance_type for e in price_list.ENTRIES)
 
 
 def test_docs_list_every_built_in_price_with_source_and_date():
     doc = (REPO / "docs" / "pricing.md").read_text()
-    for e in catalogue.ENTRIES:
+    for e in price_list.ENTRIES:
         line = next((ln for ln in doc.splitlines() if e.name in ln), None)
         assert line is not None, f"{e.name} missing from docs/pricing.md"
         assert re.search(rf"\$?{re.escape(f'{e.usd_per_hour:g}')}", line), line

@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from exporter.training import CheckpointManager  # noqa: E402
-from exporter.training.checkpoint import CostMeter  # noqa: E402
+from exporter.training.checkpoint_saver import CostMeter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -193,7 +193,7 @@ def test_bad_arguments_name_the_field(tmp_path):
 def test_a_temp_file_another_process_is_still_writing_is_left_alone(tmp_path):
     """Two managers on one directory (a second job, an evaluation process): starting one must not delete the
     other's save in flight. Only temp files whose writer is gone (or, when it cannot be checked, old ones) go."""
-    from exporter.training.checkpoint import STALE_TEMP_SECONDS, _host
+    from exporter.training.checkpoint_saver import STALE_TEMP_SECONDS, _host
 
     writer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

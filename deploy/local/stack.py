@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 VENV = REPO / ".venv"
 SAMPLE_MARKET = REPO / "deploy" / "local" / "sample-spot-price-history.json"
 PROFILES = ("training", "idle", "bursty", "degraded")
-# Built-in price entry of the simulated node (exporter/pricing/catalogue.py): 8-card Gaudi 3 bare metal, 19.92 USD/h.
+# Built-in price entry of the simulated node (exporter/pricing/price_list.py): 8-card Gaudi 3 bare metal, 19.92 USD/h.
 PRICE_ENTRY = "intel-tiber-bm-gnr-gaudi3-smc-2026"
 APT_PACKAGES = {"prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}
 # Preferred loopback ports (next to, not on, the usual ones, which a packaged Prometheus may hold); a busy one is

@@ -7,7 +7,7 @@ class CheckpointCollector:
     name = "checkpoint"
 
     def __init__(self, tracker: object) -> None:
-        self.tracker = tracker  # exporter.checkpoint.CheckpointTracker
+        self.tracker = tracker  # exporter.checkpoint_tracker.CheckpointTracker
 
     def collect(self, now: float, partial: dict | None = None) -> float | None:
         return self.tracker.latest(now)

@@ -16,7 +16,7 @@ from typing import Protocol, runtime_checkable
 @dataclass(frozen=True)
 class Price:
     usd_per_hour: float
-    source: str  # "static", "static:<catalogue entry>", "on_prem", "aws_spot", "aws_on_demand"
+    source: str  # "static", "static:<price-list entry>", "on_prem", "aws_spot", "aws_on_demand"
     as_of: float  # unix time the value was last confirmed
 
 

@@ -3,7 +3,7 @@
 Importing this package never imports torch; CheckpointManager imports it when it first saves or loads.
 """
 
-from exporter.training.checkpoint import Checkpoint, CheckpointManager
+from exporter.training.checkpoint_saver import Checkpoint, CheckpointManager
 from exporter.training.metrics import TrainingMetrics
 
 __all__ = ["Checkpoint", "CheckpointManager", "TrainingMetrics"]

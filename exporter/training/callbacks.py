@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from exporter.training.checkpoint import ExporterClient, announce_checkpoint
+from exporter.training.checkpoint_saver import ExporterClient, announce_checkpoint
 from exporter.training.metrics import DEFAULT_PORT, TrainingMetrics
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from exporter.checkpoint import CheckpointTracker
+from exporter.checkpoint_tracker import CheckpointTracker
 
 NOW = 1_790_000_000.0
 

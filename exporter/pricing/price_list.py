@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class CatalogueEntry:
+class PriceListEntry:
     name: str  # stable id used in config (pricing.static.entry) and in the price source label
     usd_per_hour: float
     provider: str
@@ -36,8 +36,8 @@ class CatalogueEntry:
         return float(calendar.timegm((year, month, 1, 0, 0, 0)))
 
 
-ENTRIES: tuple[CatalogueEntry, ...] = (
-    CatalogueEntry(
+ENTRIES: tuple[PriceListEntry, ...] = (
+    PriceListEntry(
         name="aws-dl1.24xlarge-us-east-1-2026-08",
         usd_per_hour=13.109,
         provider="AWS",
@@ -49,7 +49,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         instance_type="dl1.24xlarge",
         region="us-east-1",
     ),
-    CatalogueEntry(
+    PriceListEntry(
         name="intel-tiber-bm-gnr-gaudi3-smc-2026",
         usd_per_hour=19.92,
         provider="Intel Tiber AI Cloud",
@@ -60,7 +60,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
         as_of="2026",
         instance_type="bm-gnr-gaudi3-smc",
     ),
-    CatalogueEntry(
+    PriceListEntry(
         name="intel-tiber-gaudi2-8x-2026",
         usd_per_hour=10.40,
         provider="Intel Tiber AI Cloud",
@@ -73,7 +73,7 @@ ENTRIES: tuple[CatalogueEntry, ...] = (
 )
 
 
-def by_name(name: str) -> CatalogueEntry:
+def by_name(name: str) -> PriceListEntry:
     for e in ENTRIES:
         if e.name == name:
             return e
@@ -81,7 +81,7 @@ def by_name(name: str) -> CatalogueEntry:
     raise ValueError(f"pricing.static.entry {name!r} is not a built-in price; known entries: {known}")
 
 
-def find(instance_type: str = "", device_model: str = "") -> CatalogueEntry | None:
+def find(instance_type: str = "", device_model: str = "") -> PriceListEntry | None:
     """The entry for an instance type, else for a device model (a Gaudi 3 node is priced as Tiber's)."""
     if instance_type:
         for e in ENTRIES:
