@@ -491,7 +491,7 @@ def template(a: Analysis) -> str:
 # ---------------------------------------------------------------------------------------------- chart files
 
 VALUES_BEGIN = "  # BEGIN GENERATED thresholds"
-VALUES_END = "  # END GENERATED thresholds"
+VALUES_END = "# END GENERATED thresholds"
 
 
 def values_block(a: Analysis) -> str:

@@ -4,6 +4,8 @@ Outputs (all committed, a test fails when they are stale):
   dashboards/build/<uid>.json                              plain dashboard models for a file provider
   dashboards/build/provisioning/gaudi-exporter.yaml        the file-provider config pointing at them
   deploy/kubernetes/base/generated/dashboards/<uid>.yaml   one ConfigMap each, for the kube-prometheus-stack sidecar
+  deploy/helm/gaudi-exporter/dashboards/<uid>.json         the same JSON inside the Helm chart (a chart reads only
+                                                           its own files), with --configmaps' default
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dashboards.panels import Board
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "dashboards" / "build"
 DEFAULT_CONFIGMAPS = REPO / "deploy" / "kubernetes" / "base" / "generated" / "dashboards"
+CHART_DASHBOARDS = REPO / "deploy" / "helm" / "gaudi-exporter" / "dashboards"
 PROVIDER_PATH = "/var/lib/grafana/dashboards/gaudi-exporter"  # where a Grafana container mounts the JSON
 FOLDER = "Gaudi"
 # Client-side `kubectl apply` fails above ~256 KiB (last-applied annotation); keep well under it.
@@ -77,6 +80,8 @@ def outputs(out: Path, configmaps: Path, thresholds: Path | None = None) -> dict
     for b in dashboards.boards(thresholds):
         files[out / f"{b.uid}.json"] = dashboard_json(b)
         files[configmaps / f"{b.uid}.yaml"] = configmap_yaml(b)
+        if configmaps == DEFAULT_CONFIGMAPS and CHART_DASHBOARDS.parent.is_dir():
+            files[CHART_DASHBOARDS / f"{b.uid}.json"] = dashboard_json(b)
     files[out / "provisioning" / "gaudi-exporter.yaml"] = provider_yaml()
     return files
 

@@ -125,10 +125,11 @@ basicAuth:
   targetLabel: node
   action: replace
 {{- end }}
-# The Prometheus Operator gives every target namespace/pod/container labels naming the exporter's own pod. The
-# exporter's per-HPU series carry labels of the same names for the pod that holds the HPU (empty when none), so
-# with honor_labels false Prometheus would rename ours exported_namespace/... and stamp the exporter pod on
-# node-level series. Drop the target's three: HPU series keep the workload's, node series carry none.
+# The Prometheus Operator gives every target namespace/pod/container labels naming the exporter's
+# own pod. The exporter's per-HPU series carry labels of the same names for the pod that holds the
+# HPU (empty when none), so with honor_labels false Prometheus would rename ours exported_namespace/...
+# and stamp the exporter pod on node-level series. Drop the target's three: HPU series keep the
+# workload's, node series carry none. (Not honorLabels: scraped job/instance would win too.)
 - action: labeldrop
   regex: namespace|pod|container
 {{- with .extra }}
