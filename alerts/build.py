@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         written = build(args.thresholds, out, pr)
         if chart is not None:
-            for path, text in chart_files(chart).items():
+            for path, text in chart_files(chart, thresholds.load(args.thresholds)).items():
                 path.write_text(text, encoding="utf-8")
                 written.append(path)
     except (OSError, ValueError) as e:
