@@ -47,9 +47,10 @@ image: ## build the image on the default base (python:3.11-slim-bookworm; needs 
 image-debian: ## build the image on a debootstrapped Debian base (no registry; root)
 	$(PYTHON) deploy/local/build_image.py --tag $(IMAGE)
 
-manifests: ## regenerate rules, dashboards and the Alertmanager example after changing alerts/ or dashboards/
+manifests: ## regenerate rules, dashboards, the chart's generated parts and the kustomize files rendered from the chart
 	$(PYTHON) -m exporter rules build
 	$(PYTHON) -m exporter dashboards build
+	$(PYTHON) deploy/helm/kustomize_from_chart.py
 	cp alerts/alertmanager.yaml deploy/kubernetes/examples/alertmanager-config/alertmanager.yaml
 	@for d in $(KUSTOMIZE_DIRS); do $(KUBECTL) kustomize $$d >/dev/null && echo "renders: $$d" || exit 1; done
 

@@ -373,7 +373,8 @@ def test_daemonset_takes_the_values_operators_set_on_accelerator_daemonsets():
     values = {
         "image": {"repository": "registry.example/team/gaudi-exporter", "tag": "9.9.9", "pullPolicy": "Always"},
         "imagePullSecrets": [{"name": "regcred"}],
-        "node": {"resources": {"requests": {"cpu": "50m", "memory": "80Mi"}, "limits": {"cpu": "300m", "memory": "160Mi"}},
+        "node": {"resources": {"requests": {"cpu": "50m", "memory": "80Mi"},
+                               "limits": {"cpu": "300m", "memory": "160Mi"}},
                  "priorityClassName": "gpu-monitoring",
                  "tolerations": [{"key": "habana.ai/gaudi", "operator": "Exists", "effect": "NoSchedule"},
                                  {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoExecute"}],
@@ -502,10 +503,11 @@ def test_template_generator_follows_whatever_rules_py_builds(monkeypatch, tmp_pa
     original = rules.health_alerts
 
     def with_new_alert(t):
+        seconds = thresholds.duration_seconds(t["idle"]["for"])
         return [*original(t), {
             "alert": "GaudiExampleNew",
             "expr": (f"gaudi_hpu_utilization_ratio{{{t['exporter_selector']}}} < {t['idle']['utilization_floor']:g} "
-                     f"and time() - gaudi_exporter_start_time_seconds > {thresholds.duration_seconds(t['idle']['for']):g}"),
+                     f"and time() - gaudi_exporter_start_time_seconds > {seconds:g}"),
             "for": t["health"]["hpu_lost_for"],
             "annotations": {"description": f"under {t['idle']['utilization_floor'] * 100:g}% for {t['idle']['for']}"},
         }]
@@ -664,7 +666,8 @@ def test_docs_show_helm_install_first_and_that_line_works_with_kube_prometheus_s
     for doc in (DOCS, REPO / "README.md"):
         text = doc.read_text()
         assert "helm install" in text, f"{doc.name} does not show `helm install`"
-        assert text.index("helm install") < text.index("kubectl apply"), f"{doc.name}: helm install must come first"
+        if "kubectl apply" in text:
+            assert text.index("helm install") < text.index("kubectl apply"), f"{doc.name}: show helm install first"
     line = _documented_helm_install().replace("\\\n", " ")
     args = line.split()
     assert args[:4] == ["helm", "install", "gaudi-exporter", "deploy/helm/gaudi-exporter"], line
