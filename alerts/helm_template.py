@@ -267,6 +267,14 @@ def analyse(t: dict | None = None) -> Analysis:
     probe = copy.deepcopy(t)
     for leaf in settable:
         _set(probe, leaf.path, leaf.sentinel)
+    together = _spec_groups(thresholds.validate(copy.deepcopy(probe)))
+    off = [r for lf in settable if _get(t, lf.path) is None for r, _ in lf.renderings()]
+    for g in together:  # rules a null default keeps out of the baseline
+        g["rules"] = [r for r in g["rules"] if not any(_occurrences(_text([r]), x) for x in off)]
+    back = _map_strings(together, lambda s: _replace(s, [(r, f.python(_get(t, lf.path))) for lf in settable
+                                                         if _get(t, lf.path) is not None for r, f in lf.renderings()]))
+    if back != baseline:
+        raise RuntimeError("thresholds that pass alone do not pass together; alerts/helm_template.py needs a look")
     entry_leaves: dict[str, list[tuple[str, Leaf]]] = {}
     for path, entry_schema in maps:
         entries = {}
@@ -281,11 +289,6 @@ def analyse(t: dict | None = None) -> Analysis:
             entries[name] = entry
         _set(probe, path, entries)
     out = _spec_groups(thresholds.validate(probe))
-    back = _map_strings(out, lambda s: _replace(s, [(r, f.python(_get(t, lf.path)))
-                                                    for lf in settable if _get(t, lf.path) is not None
-                                                    for r, f in lf.renderings()]))
-    if not any(entry_leaves.values()) and back != baseline:
-        raise RuntimeError("thresholds that pass alone do not pass together; alerts/helm_template.py needs a look")
 
     subs: list[tuple[str, Ref]] = [(r, Ref(f"{VALUES_ROOT}.{lf.key}", f)) for lf in settable
                                    for r, f in lf.renderings()]
