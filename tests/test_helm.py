@@ -697,3 +697,14 @@ def test_crd_schema_check_rejects_a_broken_rendered_monitor(tmp_path):
     sm = one(render(), "ServiceMonitor")
     sm["spec"]["endpoints"][0]["interval"] = "15 seconds"
     assert _check_jsonschema(CRD_SCHEMAS["ServiceMonitor"], [sm], tmp_path).returncode == 1
+
+
+def test_packaged_chart_carries_the_project_version_and_renders_like_the_directory(tmp_path):
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    archive = Path(helm.package(CHART, destination=tmp_path))
+    assert archive.name == f"gaudi-exporter-{version}.tgz"
+    with helm.Chart.load(archive) as packaged:
+        assert packaged.metadata["appVersion"] == version
+        out = packaged.render({}, name=RELEASE, namespace=NAMESPACE)
+    objs = [d for p, t in sorted(out.items()) if p.endswith(".yaml") for d in yaml.safe_load_all(t) if d]
+    assert objs == render()
