@@ -238,11 +238,24 @@ def analyse(t: dict | None = None) -> Analysis:
         leaves.append(Leaf(path, kind[0], kind[1], typ.nullable,
                            sentinels.take(kind[0], kind[1], default if default is not None else None)))
 
-    # one at a time: does putting the default back where the sentinel came out give the default rules?
+    # The context the leaves are probed in: the defaults, with every null (an alert turned off) given a sentinel
+    # value, so that the thresholds of the rules a null turns off are found too.
+    ctx = copy.deepcopy(t)
+    for leaf in leaves:
+        if leaf.nullable and _get(t, leaf.path) is None:
+            _set(ctx, leaf.path, leaf.sentinel)
+    try:
+        reference = _spec_groups(thresholds.validate(copy.deepcopy(ctx)))
+    except (ValueError, KeyError):
+        ctx, reference = copy.deepcopy(t), baseline
+
+    def default_of(leaf: Leaf) -> Any:
+        return _get(ctx, leaf.path)
+
+    # one at a time: does putting the default back where the sentinel came out give the reference rules?
     settable: list[Leaf] = []
     for leaf in leaves:
-        default = _get(t, leaf.path)
-        probe = copy.deepcopy(t)
+        probe = copy.deepcopy(ctx)
         _set(probe, leaf.path, leaf.sentinel)
         try:
             out = _spec_groups(thresholds.validate(probe))
@@ -253,27 +266,24 @@ def analyse(t: dict | None = None) -> Analysis:
         if not any(_occurrences(s_text, s) for s_text in _strings(out) for s in shown):
             fixed.append(leaf.key)
             continue
-        if default is None:
-            # a null default (an alert off): its rules appear only with a value; guard them, nothing to put back
-            settable.append(leaf)
+        if default_of(leaf) == leaf.sentinel:
+            settable.append(leaf)  # a null default: its rules appear only with a value; they get a guard
             continue
-        back = _map_strings(out, lambda s, lf=leaf, d=default: _replace(s, [(r, f.python(d))
-                                                                             for r, f in lf.renderings()]))
-        if back == baseline:
+        d = default_of(leaf)
+        back = _map_strings(out, lambda s, lf=leaf, d=d: _replace(s, [(r, f.python(d)) for r, f in lf.renderings()]))
+        if back == reference:
             settable.append(leaf)
         else:
             fixed.append(leaf.key)
 
-    probe = copy.deepcopy(t)
+    probe = copy.deepcopy(ctx)
     for leaf in settable:
         _set(probe, leaf.path, leaf.sentinel)
     together = _spec_groups(thresholds.validate(copy.deepcopy(probe)))
-    off = [r for lf in settable if _get(t, lf.path) is None for r, _ in lf.renderings()]
-    for g in together:  # rules a null default keeps out of the baseline
-        g["rules"] = [r for r in g["rules"] if not any(_occurrences(_text([r]), x) for x in off)]
-    back = _map_strings(together, lambda s: _replace(s, [(r, f.python(_get(t, lf.path))) for lf in settable
-                                                         if _get(t, lf.path) is not None for r, f in lf.renderings()]))
-    if back != baseline:
+    back = _map_strings(together, lambda s: _replace(s, [(r, f.python(default_of(lf))) for lf in settable
+                                                         if default_of(lf) != lf.sentinel
+                                                         for r, f in lf.renderings()]))
+    if back != reference:
         raise RuntimeError("thresholds that pass alone do not pass together; alerts/helm_template.py needs a look")
     entry_leaves: dict[str, list[tuple[str, Leaf]]] = {}
     for path, entry_schema in maps:

@@ -528,6 +528,26 @@ def test_template_generator_follows_whatever_rules_py_builds(monkeypatch, tmp_pa
     assert new["expr"].endswith("> 4500") and new["annotations"]["description"] == "under 11% for 1h15m"
 
 
+def test_a_chart_built_with_a_budget_off_can_turn_it_on_with_values(tmp_path):
+    """`rules build` from a thresholds file with the monthly budget null: the chart can still set it, and its
+    windows' alert durations, from values."""
+    t = thresholds.load()
+    t["budgets"]["cluster"]["monthly_usd"] = None
+    chart = tmp_path / "gaudi-exporter"
+    shutil.copytree(CHART, chart)
+    for path, text in build.chart_files(chart, t).items():
+        path.write_text(text)
+    with helm.Chart.load(chart) as c:
+        assert c.values["prometheusRule"]["thresholds"]["budgets"]["cluster"]["monthly_usd"] is None
+        out = c.render({"prometheusRule": {"thresholds": {"budgets": {"cluster": {"monthly_usd": 99000},
+                                                                      "monthly": {"forecast_for": "3h"}}}}},
+                       name=RELEASE, namespace=NAMESPACE)
+    t["budgets"]["cluster"]["monthly_usd"] = 99000
+    t["budgets"]["monthly"]["forecast_for"] = "3h"
+    pr = yaml.safe_load(out["gaudi-exporter/templates/prometheusrule.yaml"])
+    assert pr["spec"]["groups"] == _python_groups(t)
+
+
 # --- dashboards ----------------------------------------------------------------------------------------------------
 
 def test_dashboard_configmaps_carry_the_built_dashboards_and_the_sidecar_label():
