@@ -36,6 +36,16 @@ class SlowReading:
     pcie_replays: int | None = None
     nic_ports_up: tuple[tuple[int, bool], ...] | None = None  # (port, up)
     firmware_version: str | None = None
+    # health and parity signals (issue 11 section 3); None / () where the device or driver does not report them
+    ecc_volatile_corrected: int | None = None  # since the last driver load, beside the aggregate counts above
+    ecc_volatile_uncorrected: int | None = None
+    ecc_mode: tuple[tuple[str, bool], ...] = ()  # ("current" | "pending", enabled)
+    replaced_rows: tuple[tuple[str, int], ...] = ()  # (cause, HBM rows replaced)
+    row_replacement_pending: bool | None = None  # rows wait for a device reset to be replaced
+    pcie_link: tuple[tuple[str, int], ...] = ()  # ("generation" | "max_generation" | "width" | "max_width", n)
+    temperature_thresholds: tuple[tuple[str, float], ...] = ()  # (threshold, celsius)
+    power_limits_watts: tuple[tuple[str, float], ...] = ()  # ("default" | "min" | "max", watts)
+    clocks_max_hertz: tuple[tuple[str, float], ...] = ()  # (clock, hertz)
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,9 @@ class DeviceReading:
     clocks_hertz: tuple[tuple[str, float], ...] = ()  # (clock, hertz)
     throttled: tuple[tuple[str, bool], ...] = ()  # (reason, active)
     slow: SlowReading | None = None  # filled by the backend only on slow ticks
+    memory_utilization: float | None = None  # 0-1, memory-interface utilisation (HLML, same call as AIP's)
+    throttle_seconds: tuple[tuple[str, float], ...] = ()  # (reason, seconds throttled; the driver's running total)
+    pcie_throughput_bytes: tuple[tuple[str, float], ...] = ()  # ("tx" | "rx", bytes per second)
 
     @property
     def key(self) -> str:
@@ -64,6 +77,7 @@ class DeviceError:
     index: int
     uuid: str
     message: str
+    serial: str = ""  # the last known serial: a failing device keeps its identity in logs
 
     @property
     def key(self) -> str:

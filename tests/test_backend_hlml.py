@@ -133,8 +133,8 @@ def test_reads_identity_and_values_in_base_units():
     assert d.power_watts == pytest.approx(612.345)
     assert d.power_limit_watts == pytest.approx(850.0)
     assert d.energy_joules == pytest.approx(123_456.789)
-    assert dict(d.temperatures) == {"aip": 61.0, "board": 44.0, "hbm": 52.0}
-    assert dict(d.clocks_hertz) == {"soc": 1.6e9}
+    assert dict(d.temperatures) == {"aip": 61.0, "board": 44.0, "other": 40.0, "hbm": 52.0}
+    assert dict(d.clocks_hertz) == {"soc": 1.6e9, "ic": 1.2e9}
     assert dict(d.throttled) == {"power": False, "thermal": False}
     assert d.slow is None  # only slow ticks carry ECC / NIC / PCIe
 
@@ -176,7 +176,7 @@ def test_model_generation_from_name(name, gen):
 # --- unsupported calls, errors, lost devices
 
 
-def test_unsupported_calls_are_skipped_and_not_asked_again():
+def test_unsupported_calls_are_skipped_between_slow_ticks_and_asked_again_on_them():
     devs = three_devices()
     devs[0].unsupported = {"hlmlDeviceGetTotalEnergyConsumption", "hlmlDeviceGetMacAddrInfo"}
     devs[0].temperatures = {0: 60, 1: 40}  # no HBM sensor
@@ -185,37 +185,72 @@ def test_unsupported_calls_are_skipped_and_not_asked_again():
     assert fake.calls["hlmlDeviceGetTotalEnergyConsumption"] == 3
     fake.calls.clear()
     for _ in range(3):
-        result = backend.read(slow=True)
+        result = backend.read(slow=False)
         assert result.errors == ()
         d0, d1 = by_index(result)[0], by_index(result)[1]
         assert d0.energy_joules is None and d1.energy_joules is not None
         assert dict(d0.temperatures) == {"aip": 60.0, "board": 40.0}
-        assert d0.slow.nic_ports_up is None and len(d1.slow.nic_ports_up) == 24
         assert d0.power_watts == pytest.approx(600.0)
-    # device 0 is not asked again for energy; devices 1 and 2 on every read
+    # between slow ticks device 0 is not asked again for energy; devices 1 and 2 on every read
     assert fake.calls["hlmlDeviceGetTotalEnergyConsumption"] == 2 * 3
-    # the first slow read finds device 0 has no NIC info; later ones skip it
-    assert fake.calls["hlmlDeviceGetMacAddrInfo"] == 1 + 2 * 3
-    # device 0 skips its missing HBM sensor: 2 + 3 + 3 sensors per read
-    assert fake.calls["hlmlDeviceGetTemperature"] == 8 * 3
+    fake.calls.clear()
+    # a slow tick asks again: a transient NOT_SUPPORTED does not lose the metric until restart
+    devs[0].unsupported = set()
+    [d0] = [d for d in backend.read(slow=True).devices if d.identity.index == 0]
+    assert fake.calls["hlmlDeviceGetTotalEnergyConsumption"] == 3
+    assert d0.energy_joules is not None and d0.slow.nic_ports_up is not None
 
 
-def test_error_on_one_device_is_isolated_and_its_handle_refreshed():
+@pytest.mark.parametrize("code", [10, 2, 49])  # TIMEOUT, INVALID_ARGUMENT, UNKNOWN
+def test_a_failing_optional_call_costs_that_metric_only(code):
     devs = three_devices()
-    devs[1].failing = {"hlmlDeviceGetPowerUsage": 49}  # HLML_ERROR_UNKNOWN
+    devs[1].failing = {"hlmlDeviceGetPowerUsage": code}
     fake = FakePyhlml(devs)
     backend = opened(fake)
     result = backend.read(slow=False)
-    assert sorted(by_index(result)) == [0, 2]
-    [err] = result.errors
-    assert err.index == 1 and err.uuid == "01P4-HL3090A0-18-U4V193-22-07-01"
-    assert "hlmlDeviceGetPowerUsage" in err.message and "49" in err.message
-    handles_before = fake.calls["hlmlDeviceGetHandleByIndex"]
+    assert result.errors == ()
+    d1 = by_index(result)[1]
+    assert d1.power_watts is None
+    assert d1.utilization == pytest.approx(0.87) and d1.memory_used_bytes is not None
+    devs[1].failing = {}
+    assert by_index(backend.read(slow=False))[1].power_watts == pytest.approx(601.0)
 
+
+def test_a_failing_required_call_fails_the_device_which_keeps_its_identity():
+    devs = three_devices()
+    fake = FakePyhlml(devs)
+    backend = opened(fake)
+    devs[1].failing = {"hlmlDeviceGetUtilizationRates": 10}
+    for _ in range(3):  # the device keeps failing: its uuid and serial stay on the error
+        result = backend.read(slow=False)
+        assert sorted(by_index(result)) == [0, 2]
+        [err] = result.errors
+        assert err.index == 1 and err.uuid == "01P4-HL3090A0-18-U4V193-22-07-01" and err.serial == "N16B3D0401"
+        assert "hlmlDeviceGetUtilizationRates" in err.message and "10" in err.message
+    handles_before = fake.calls["hlmlDeviceGetHandleByIndex"]
     devs[1].failing = {}
     result = backend.read(slow=False)
     assert result.errors == () and sorted(by_index(result)) == [0, 1, 2]
     assert fake.calls["hlmlDeviceGetHandleByIndex"] == handles_before + 1  # only the failed device's
+
+
+def test_a_missing_c_symbol_is_found_once_logged_once_and_never_called(caplog):
+    fake = FakePyhlml(three_devices(), missing_symbols=frozenset({"hlml_device_get_power_management_limit",
+                                                                   "hlml_get_driver_version"}))
+    with caplog.at_level("WARNING"):
+        backend = opened(fake)
+        for _ in range(3):
+            result = backend.read(slow=True)
+    assert result.errors == () and len(result.devices) == 3
+    for d in result.devices:
+        assert d.power_limit_watts is None and d.power_watts is not None and d.identity.driver_version == "unknown"
+    assert fake.calls["hlmlDeviceGetPowerManagementLimit"] == 0
+    assert fake.calls["hlmlGetDriverVersion"] == 0
+    lines = [r.getMessage() for r in caplog.records if "has no" in r.getMessage()]
+    assert lines == ["this driver's libhlml has no hlml_get_driver_version: metric gaudi_hpu_info driver_version "
+                     "(says unknown) not exported",
+                     "this driver's libhlml has no hlml_device_get_power_management_limit: metric "
+                     "gaudi_hpu_power_limit_watts not exported"]
 
 
 def test_device_lost_mid_run_then_gone():

@@ -8,10 +8,12 @@ hard-coded path, a failed load prints to stdout, the per-code error classes only
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import io
 import logging
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.backends.base import BackendUnavailable
@@ -33,12 +35,97 @@ ERROR_NAMES = {
     21: "no data", 49: "unknown error",
 }
 
-TEMPERATURE_SENSORS = (("aip", 0), ("board", 1), ("hbm", 3))  # HLML_TEMPERATURE_ON_AIP / ON_BOARD / HBM
+# HLML_TEMPERATURE_SENSORS: ON_AIP=0, ON_BOARD=1, OTHER=2, HBM=3, VRM=4, CTEMP=5
+TEMPERATURE_SENSORS = (("aip", 0), ("board", 1), ("other", 2), ("hbm", 3), ("vrm", 4), ("ctemp", 5))
+# HLML_TEMPERATURE_THRESHOLDS: SHUTDOWN=0, SLOWDOWN=1, MEM_MAX=2, GPU_MAX=3
+TEMPERATURE_THRESHOLDS = (("shutdown", 0), ("slowdown", 1), ("memory_max", 2), ("aip_max", 3))
+CLOCKS = (("soc", 0), ("ic", 1), ("mme", 2), ("tpc", 3))  # HLML_CLOCK_TYPE
 CLOCK_SOC = 0
 THROTTLE_POWER = 1 << 0
 THROTTLE_THERMAL = 1 << 1
+PERF_POLICIES = (("power", 0), ("thermal", 1))  # HLML_PERF_POLICY_TYPE, for the violation status
 MEMORY_ERROR_CORRECTED, MEMORY_ERROR_UNCORRECTED = 0, 1
-ECC_COUNTER_AGGREGATE = 1
+ECC_COUNTER_VOLATILE, ECC_COUNTER_AGGREGATE = 0, 1
+ROW_REPLACEMENT_CAUSES = (("multiple_single_bit", 0), ("double_bit", 1))  # HLML_ROW_REPLACEMENT_CAUSE
+PCIE_COUNTERS = (("tx", 0), ("rx", 1))  # HLML_PCIE_UTIL_COUNTER
+# Assumed units where pyhlml does not state one (HLML mirrors NVML): violation time in nanoseconds, PCIe
+# throughput in KiB/s. Not verifiable without hardware; docs/metrics.md says so.
+VIOLATION_TIME_SECONDS = 1e-9
+PCIE_THROUGHPUT_BYTES = 1024.0
+UNKNOWN = "unknown"  # driver or firmware version the driver does not report
+
+# pyhlml function -> the C symbol it resolves in libhlml (tests check this table against pyhlml's source).
+SYMBOLS: dict[str, str] = {
+    "hlmlDeviceGetCount": "hlml_device_get_count",
+    "hlmlDeviceGetHandleByIndex": "hlml_device_get_handle_by_index",
+    "hlmlDeviceGetUUID": "hlml_device_get_uuid",
+    "hlmlDeviceGetUtilizationRates": "hlml_device_get_utilization_rates",
+    "hlmlGetDriverVersion": "hlml_get_driver_version",
+    "hlmlDeviceGetName": "hlml_device_get_name",
+    "hlmlDeviceGetSerial": "hlml_device_get_serial",
+    "hlmlDeviceGetPCIInfo": "hlml_device_get_pci_info",
+    "hlmlDeviceGetMinorNumber": "hlml_device_get_minor_number",
+    "hlmlDeviceGetFirmwareFITVersion": "hlml_get_firmware_fit_version",
+    "hlmlDeviceGetFWOSVersion": "hlml_get_fw_os_version",
+    "hlmlDeviceGetMemoryInfo": "hlml_device_get_memory_info",
+    "hlmlDeviceGetPowerUsage": "hlml_device_get_power_usage",
+    "hlmlDeviceGetPowerManagementLimit": "hlml_device_get_power_management_limit",
+    "hlmlDeviceGetPowerManagementDefaultLimit": "hlml_device_get_power_management_default_limit",
+    "hlmlDeviceGetPowerManagementLimitConstraints": "hlml_device_get_power_management_limit_constraints",
+    "hlmlDeviceGetTotalEnergyConsumption": "hlml_device_get_total_energy_consumption",
+    "hlmlDeviceGetTemperature": "hlml_device_get_temperature",
+    "hlmlDeviceGetTemperatureThreshold": "hlml_device_get_temperature_threshold",
+    "hlmlDeviceGetClockInfo": "hlml_device_get_clock_info",
+    "hlmlDeviceGetMaxClockInfo": "hlml_device_get_max_clock_info",
+    "hlmlDeviceGetCurrentClocksThrottleReasons": "hlml_device_get_current_clocks_throttle_reasons",
+    "hlmlDeviceGetViolationStatus": "hlml_device_get_violation_status",
+    "hlmlDeviceGetTotalECCErrors": "hlml_device_get_total_ecc_errors",
+    "hlmlDeviceGetECCMode": "hlml_device_get_ecc_mode",
+    "hlmlDeviceGetReplacedRowsCount": "hlml_device_get_replaced_rows",
+    "hlmlDeviceGetReplacedRowsPendingStatus": "hlml_device_get_replaced_rows_pending_status",
+    "hlmlDeviceGetPCIEReplayCounter": "hlml_device_get_pcie_replay_counter",
+    "hlmlDeviceGetPCIEThroughput": "hlml_device_get_pcie_throughput",
+    "hlmlDeviceGetCurrPCIELinkGeneration": "hlml_device_get_curr_pcie_link_generation",
+    "hlmlDeviceGetCurrPCIELinkWidth": "hlml_device_get_curr_pcie_link_width",
+    "hlmlDeviceGetMacAddrInfo": "hlml_get_mac_addr_info",
+    "hlmlDeviceNicGetLink": "hlml_nic_get_link",
+}
+# The calls that identify or count devices: only these may fail a device (or, for count, the backend).
+REQUIRED = ("hlmlDeviceGetCount", "hlmlDeviceGetHandleByIndex", "hlmlDeviceGetUUID",
+            "hlmlDeviceGetUtilizationRates")
+# What each optional call feeds, for the one log line when the driver's libhlml lacks it.
+FEEDS: dict[str, str] = {
+    "hlmlGetDriverVersion": "gaudi_hpu_info driver_version (says unknown)",
+    "hlmlDeviceGetName": "gaudi_hpu_info name and model",
+    "hlmlDeviceGetSerial": "gaudi_hpu_info serial",
+    "hlmlDeviceGetPCIInfo": "gaudi_hpu_info pci_bus_id and gaudi_hpu_pcie_link_max_*",
+    "hlmlDeviceGetMinorNumber": "the device minor number",
+    "hlmlDeviceGetFirmwareFITVersion": "gaudi_hpu_info firmware_version",
+    "hlmlDeviceGetFWOSVersion": "gaudi_hpu_info firmware_version",
+    "hlmlDeviceGetMemoryInfo": "gaudi_hpu_memory_used_bytes and gaudi_hpu_memory_total_bytes",
+    "hlmlDeviceGetPowerUsage": "gaudi_hpu_power_watts",
+    "hlmlDeviceGetPowerManagementLimit": "gaudi_hpu_power_limit_watts",
+    "hlmlDeviceGetPowerManagementDefaultLimit": "gaudi_hpu_power_default_limit_watts",
+    "hlmlDeviceGetPowerManagementLimitConstraints": "gaudi_hpu_power_min_limit_watts and "
+                                                    "gaudi_hpu_power_max_limit_watts",
+    "hlmlDeviceGetTotalEnergyConsumption": "the driver's energy counter (energy is integrated from power)",
+    "hlmlDeviceGetTemperature": "gaudi_hpu_temperature_celsius",
+    "hlmlDeviceGetTemperatureThreshold": "gaudi_hpu_temperature_threshold_celsius",
+    "hlmlDeviceGetClockInfo": "gaudi_hpu_clock_hertz",
+    "hlmlDeviceGetMaxClockInfo": "gaudi_hpu_clock_max_hertz",
+    "hlmlDeviceGetCurrentClocksThrottleReasons": "gaudi_hpu_throttled",
+    "hlmlDeviceGetViolationStatus": "gaudi_hpu_throttle_seconds_total",
+    "hlmlDeviceGetTotalECCErrors": "gaudi_hpu_ecc_errors_total and gaudi_hpu_ecc_volatile_errors_total",
+    "hlmlDeviceGetECCMode": "gaudi_hpu_ecc_enabled",
+    "hlmlDeviceGetReplacedRowsCount": "gaudi_hpu_hbm_replaced_rows",
+    "hlmlDeviceGetReplacedRowsPendingStatus": "gaudi_hpu_hbm_row_replacement_pending",
+    "hlmlDeviceGetPCIEReplayCounter": "gaudi_hpu_pcie_replays_total",
+    "hlmlDeviceGetPCIEThroughput": "gaudi_hpu_pcie_throughput_bytes_per_second",
+    "hlmlDeviceGetCurrPCIELinkGeneration": "gaudi_hpu_pcie_link_generation",
+    "hlmlDeviceGetCurrPCIELinkWidth": "gaudi_hpu_pcie_link_width",
+    "hlmlDeviceGetMacAddrInfo": "gaudi_hpu_nic_ports and gaudi_hpu_nic_port_up",
+    "hlmlDeviceNicGetLink": "gaudi_hpu_nic_ports and gaudi_hpu_nic_port_up",
+}
 
 # Product name -> generation. HL-325L/HL-335 Gaudi 3 OAM, HL-338 PCIe, HL-328/HL-388 the China OAM/PCIe parts.
 GENERATIONS = {
@@ -77,6 +164,25 @@ def describe(e: BaseException) -> str:
     return f"HLML error {code} ({ERROR_NAMES.get(code, 'unrecognised code')})"
 
 
+_PCIE_GENERATIONS = {2.5: 1, 5.0: 2, 8.0: 3, 16.0: 4, 32.0: 5, 64.0: 6}  # GT/s per lane -> PCIe generation
+_GTS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(GT/s)?\s*$", re.IGNORECASE)
+_LANES = re.compile(r"^\s*[xX]?(\d+)\s*$")
+
+
+def pcie_generation(caps_text: object) -> int | None:
+    """``"32.0 GT/s"`` -> 5; None for anything else (a pyhlml >= 1.19 reading an older driver's struct sees bytes
+    shifted by 4 past bus_id: those must not become a metric)."""
+    m = _GTS.match(text(caps_text))
+    return _PCIE_GENERATIONS.get(float(m.group(1))) if m else None
+
+
+def pcie_width(caps_text: object) -> int | None:
+    """``"x16"`` or ``"16"`` -> 16; None unless a real lane count."""
+    m = _LANES.match(text(caps_text))
+    n = int(m.group(1)) if m else 0
+    return n if n in (1, 2, 4, 8, 12, 16, 32) else None
+
+
 @dataclass(frozen=True)
 class DeviceModel:
     """The node's device product, as ``backend.model`` (the daemon picks a built-in price by ``model.name``)."""
@@ -89,7 +195,25 @@ class _DeviceFailed(Exception):
     """One device could not be read; carries what the DeviceError says."""
 
 
+@dataclass
+class _Device:
+    """What the backend remembers about one device index between ticks."""
+
+    handle: Any = None
+    identity: DeviceIdentity | None = None  # last known: kept while the device fails, for errors and logs
+    unsupported: set[tuple] = field(default_factory=set)  # calls that answered NOT_SUPPORTED since the last slow tick
+    told_unsupported: set[tuple] = field(default_factory=set)  # logged once
+    failing: dict[tuple, str] = field(default_factory=dict)  # optional calls failing now -> message (logged once)
+
+
 class HlmlBackend:
+    """Reads every device through pyhlml; one failing call costs one metric, never the device's other readings.
+
+    Only the calls that count or identify devices (``REQUIRED``) fail a device. A C symbol the driver's libhlml
+    lacks is found once at open() (pyhlml would raise INVALID_ARGUMENT for it on every call) and never called.
+    NOT_SUPPORTED is asked again on every slow tick, so a transient answer does not lose a metric until restart.
+    """
+
     name = "hlml"
 
     def __init__(self, module: Any | None = None, *, library_path: str = LIBHLML_PATH) -> None:
@@ -97,9 +221,8 @@ class HlmlBackend:
         self._library_path = library_path  # only for messages: pyhlml always loads its fixed path
         self._hlml: Any = None
         self._driver_version = ""
-        self._handles: dict[int, Any] = {}
-        self._identities: dict[int, DeviceIdentity] = {}
-        self._unsupported: dict[int, set[tuple]] = {}  # per device index: (function name, args) NotSupported
+        self._devices: dict[int, _Device] = {}
+        self._missing: set[str] = set()  # pyhlml functions whose C symbol (or Python wrapper) is absent
         self.model: DeviceModel | None = None  # set by open() from the first device
 
     # lifecycle
@@ -126,18 +249,45 @@ class HlmlBackend:
             if printed.getvalue().strip():
                 log.debug("pyhlml printed during hlmlInit: %s", printed.getvalue().strip())
         self._hlml = mod
+        self._find_missing(mod)
         try:
             count = mod.hlmlDeviceGetCount()
-            self._driver_version = text(mod.hlmlGetDriverVersion())
         except errors as e:
             self.close()
-            raise BackendUnavailable(f"HLML initialised but cannot list devices: {describe(e)}") from e
+            raise BackendUnavailable(f"HLML initialised but cannot count devices: {describe(e)}") from e
+        self._driver_version = UNKNOWN
+        if "hlmlGetDriverVersion" not in self._missing:
+            try:
+                self._driver_version = text(mod.hlmlGetDriverVersion()) or UNKNOWN
+            except errors as e:
+                log.warning("hlmlGetDriverVersion failed (%s): gaudi_hpu_info says driver_version=\"unknown\"",
+                            describe(e))
         if count:
             first = self.read(slow=False).devices
             if first and first[0].identity.name:
                 self.model = DeviceModel(first[0].identity.name, first[0].identity.model)
         log.info("hlml backend: %d device(s) %s, driver %s", count, self.model.name if self.model else "",
-                 self._driver_version or "unknown")
+                 self._driver_version)
+
+    def _find_missing(self, mod: Any) -> None:
+        """Which calls this driver cannot answer: absent C symbols (hasattr on the loaded CDLL) or pyhlml wrappers."""
+        self._missing = set()
+        lib = _loaded_library(mod)
+        if lib is None:
+            log.debug("cannot see pyhlml's loaded library: a missing C symbol will show as invalid argument")
+        for fn_name, symbol in SYMBOLS.items():
+            if getattr(mod, fn_name, None) is None:
+                why = f"this pyhlml has no {fn_name}"
+            elif lib is not None and not hasattr(lib, symbol):
+                why = f"this driver's libhlml has no {symbol}"
+            else:
+                continue
+            if fn_name in REQUIRED:
+                self.close()
+                raise BackendUnavailable(f"{why}; the exporter cannot list devices without it (library "
+                                         f"{self._library_path}); use --backend hlsmi")
+            self._missing.add(fn_name)
+            log.warning("%s: metric %s not exported", why, FEEDS.get(fn_name, fn_name))
 
     def _init_failure(self, e: BaseException, printed: str) -> str:
         code = error_code(e)
@@ -153,8 +303,7 @@ class HlmlBackend:
 
     def close(self) -> None:
         mod, self._hlml = self._hlml, None
-        self._handles.clear()
-        self._identities.clear()
+        self._devices.clear()
         if mod is not None:
             with contextlib.suppress(*self._error_types(mod)):
                 mod.hlmlShutdown()
@@ -170,150 +319,219 @@ class HlmlBackend:
         mod = self._hlml
         if mod is None:
             raise RuntimeError("hlml backend read before open() succeeded")
-        errors_t = self._error_types(mod)
         try:
             count = mod.hlmlDeviceGetCount()
-        except errors_t as e:
+        except self._error_types(mod) as e:
             raise RuntimeError(f"hlmlDeviceGetCount failed: {describe(e)}") from e
-        known = set(self._handles) | set(self._identities) | set(self._unsupported)
-        for gone in [i for i in known if i >= count]:
-            self._forget(gone, unsupported=True)
+        for gone in [i for i in self._devices if i >= count]:
+            del self._devices[gone]
 
         devices: list[DeviceReading] = []
         errors: list[DeviceError] = []
         for i in range(count):
+            dev = self._devices.setdefault(i, _Device())
+            if slow:
+                dev.unsupported.clear()  # NOT_SUPPORTED is asked again on the slow cadence
             try:
-                devices.append(self._read_device(mod, i, slow))
+                devices.append(self._read_device(mod, i, dev, slow))
             except _DeviceFailed as e:
-                known = self._identities.get(i)
-                self._forget(i)  # a fresh handle next tick
-                errors.append(DeviceError(i, known.uuid if known else "", str(e)))
+                dev.handle = None  # a fresh handle (and identity check) next tick; the identity is kept
+                known = dev.identity
+                errors.append(DeviceError(i, known.uuid if known else "", str(e),
+                                          serial=known.serial if known else ""))
         return BackendResult(devices=tuple(devices), errors=tuple(errors))
 
-    def _forget(self, index: int, *, unsupported: bool = False) -> None:
-        self._handles.pop(index, None)
-        self._identities.pop(index, None)
-        if unsupported:
-            self._unsupported.pop(index, None)
+    def _call(self, i: int, dev: _Device, fn_name: str, *args: Any, required: bool = False) -> Any:
+        """``pyhlml.<fn_name>(handle, *args)``; None when this metric cannot be had this tick.
 
-    def _call(self, index: int, fn_name: str, *args: Any) -> Any:
-        """Call ``pyhlml.<fn_name>``; None if the device does not support it (remembered, not asked again)."""
-        key = (fn_name, *(a for a in args if isinstance(a, int)))
-        unsupported = self._unsupported.setdefault(index, set())
-        if key in unsupported:
+        AIP_IS_LOST, and any failure of a required call, fails the device (raises _DeviceFailed).
+        """
+        if fn_name in self._missing:
+            return None
+        key = (fn_name, *args)
+        if key in dev.unsupported:
             return None
         mod = self._hlml
-        fn = getattr(mod, fn_name, None)
-        if fn is None:  # an older pyhlml without this call: same as the device not supporting it
-            unsupported.add(key)
-            log.info("pyhlml has no %s; HPU %d skips that reading", fn_name, index)
-            return None
+        fn = getattr(mod, fn_name)
         try:
-            return fn(*args)
-        except self._error_types(mod) as e:
+            value = fn(dev.handle, *args)
+        except (*self._error_types(mod), ctypes.ArgumentError, ValueError, TypeError) as e:
             code = error_code(e)
-            if code == ERR_NOT_SUPPORTED:
-                unsupported.add(key)
-                log.info("HPU %d does not support %s%s; not asking again", index, fn_name, key[1:] or "")
-                return None
+            what = f"{fn_name}{args if args else ''}"
             if code == ERR_AIP_IS_LOST:
-                raise _DeviceFailed(f"device lost (HLML AIP is lost) during {fn_name}") from e
-            raise _DeviceFailed(f"{fn_name} failed: {describe(e)}") from e
+                raise _DeviceFailed(f"device lost (HLML AIP is lost) during {what}") from e
+            if required:
+                raise _DeviceFailed(f"{what} failed: {describe(e)}") from e
+            if code == ERR_NOT_SUPPORTED:
+                dev.unsupported.add(key)
+                if key not in dev.told_unsupported:
+                    dev.told_unsupported.add(key)
+                    log.info("HPU %s does not support %s (%s): asking again on the slow cadence", self._who(i, dev),
+                             what, FEEDS.get(fn_name, fn_name))
+                return None
+            message = describe(e)
+            if dev.failing.get(key) != message:
+                log.warning("HPU %s: %s failed: %s; %s not exported while it fails", self._who(i, dev), what,
+                            message, FEEDS.get(fn_name, fn_name))
+                dev.failing[key] = message
+            return None
+        if key in dev.failing:
+            del dev.failing[key]
+            log.info("HPU %s: %s answers again", self._who(i, dev), f"{fn_name}{args if args else ''}")
+        if key in dev.told_unsupported:
+            dev.told_unsupported.discard(key)
+            log.info("HPU %s now supports %s", self._who(i, dev), f"{fn_name}{args if args else ''}")
+        return value
 
-    def _handle(self, mod: Any, index: int) -> Any:
-        handle = self._handles.get(index)
-        if handle is None:
-            try:
-                handle = mod.hlmlDeviceGetHandleByIndex(index)
-            except self._error_types(mod) as e:
-                what = "device lost (HLML AIP is lost)" if error_code(e) == ERR_AIP_IS_LOST else describe(e)
-                raise _DeviceFailed(f"hlmlDeviceGetHandleByIndex({index}) failed: {what}") from e
-            self._handles[index] = handle
-        return handle
+    @staticmethod
+    def _who(i: int, dev: _Device) -> str:
+        ident = dev.identity
+        if ident is None:
+            return str(i)
+        return f"{i} (uuid {ident.uuid or 'unknown'}, serial {ident.serial or 'unknown'})"
 
-    def _firmware(self, index: int, h: Any) -> str | None:
+    def _handle(self, mod: Any, i: int, dev: _Device) -> None:
+        if dev.handle is not None:
+            return
+        try:
+            dev.handle = mod.hlmlDeviceGetHandleByIndex(i)
+        except self._error_types(mod) as e:
+            what = "device lost (HLML AIP is lost)" if error_code(e) == ERR_AIP_IS_LOST else describe(e)
+            raise _DeviceFailed(f"hlmlDeviceGetHandleByIndex({i}) failed: {what}") from e
+        dev.identity = self._identity(i, dev)  # a new handle: read who it is (a replaced card has a new uuid)
+
+    def _firmware(self, i: int, dev: _Device) -> str | None:
         for fn_name in ("hlmlDeviceGetFirmwareFITVersion", "hlmlDeviceGetFWOSVersion"):
-            value = self._call(index, fn_name, h)
+            value = self._call(i, dev, fn_name)
             if value is not None and text(value):
                 return text(value)
         return None
 
-    def _identity(self, index: int, h: Any) -> DeviceIdentity:
-        cached = self._identities.get(index)
-        if cached is not None:
-            return cached
-        name = text(self._call(index, "hlmlDeviceGetName", h) or b"")
-        pci = self._call(index, "hlmlDeviceGetPCIInfo", h)
-        ident = DeviceIdentity(
-            index=index,
-            uuid=text(self._call(index, "hlmlDeviceGetUUID", h) or b""),
-            serial=text(self._call(index, "hlmlDeviceGetSerial", h) or b""),
+    def _identity(self, i: int, dev: _Device) -> DeviceIdentity:
+        uuid = text(self._call(i, dev, "hlmlDeviceGetUUID", required=True) or b"")
+        old = dev.identity
+        if old is not None and old.uuid == uuid:
+            return old
+        name = text(self._call(i, dev, "hlmlDeviceGetName") or b"")
+        pci = self._call(i, dev, "hlmlDeviceGetPCIInfo")
+        return DeviceIdentity(
+            index=i,
+            uuid=uuid,
+            serial=text(self._call(i, dev, "hlmlDeviceGetSerial") or b""),
             name=name,
             model=generation(name),
             pci_bus_id=text(pci.bus_id) if pci is not None else "",
-            driver_version=self._driver_version,
-            firmware_version=self._firmware(index, h) or "",
-            minor=self._call(index, "hlmlDeviceGetMinorNumber", h),
+            driver_version=self._driver_version or UNKNOWN,
+            firmware_version=self._firmware(i, dev) or UNKNOWN,
+            minor=self._call(i, dev, "hlmlDeviceGetMinorNumber"),
         )
-        self._identities[index] = ident
-        return ident
 
-    def _read_device(self, mod: Any, i: int, slow: bool) -> DeviceReading:
-        h = self._handle(mod, i)
-        ident = self._identity(i, h)
+    def _read_device(self, mod: Any, i: int, dev: _Device, slow: bool) -> DeviceReading:
+        self._handle(mod, i, dev)
+        ident = dev.identity
+        assert ident is not None
 
         def call(fn_name: str, *args: Any) -> Any:
-            return self._call(i, fn_name, h, *args)
+            return self._call(i, dev, fn_name, *args)
 
-        util = call("hlmlDeviceGetUtilizationRates")
+        util = self._call(i, dev, "hlmlDeviceGetUtilizationRates", required=True)
         mem = call("hlmlDeviceGetMemoryInfo")
         power_mw = call("hlmlDeviceGetPowerUsage")
         limit_mw = call("hlmlDeviceGetPowerManagementLimit")
         energy_mj = call("hlmlDeviceGetTotalEnergyConsumption")
-        temps = []
-        for sensor, code in TEMPERATURE_SENSORS:
-            celsius = call("hlmlDeviceGetTemperature", code)
-            if celsius is not None:
-                temps.append((sensor, float(celsius)))
-        soc_mhz = call("hlmlDeviceGetClockInfo", CLOCK_SOC)
+        temps = tuple((sensor, float(c)) for sensor, code in TEMPERATURE_SENSORS
+                      if (c := call("hlmlDeviceGetTemperature", code)) is not None)
+        clocks = tuple((clock, float(mhz) * 1e6) for clock, code in CLOCKS
+                       if (mhz := call("hlmlDeviceGetClockInfo", code)) is not None)
         reasons = call("hlmlDeviceGetCurrentClocksThrottleReasons")
+        throttle_seconds = []
+        for reason, policy in PERF_POLICIES:
+            v = call("hlmlDeviceGetViolationStatus", policy)
+            if v is not None:
+                throttle_seconds.append((reason, int(v.violation_time) * VIOLATION_TIME_SECONDS))
+        pcie = tuple((direction, float(kib) * PCIE_THROUGHPUT_BYTES) for direction, counter in PCIE_COUNTERS
+                     if (kib := call("hlmlDeviceGetPCIEThroughput", counter)) is not None)
+        memory_util = getattr(util, "memory", None)  # pyhlml >= 1.19's struct; 0 where the driver does not fill it
 
         return DeviceReading(
             identity=ident,
-            utilization=min(1.0, max(0.0, util.aip / 100.0)) if util is not None else None,
+            utilization=min(1.0, max(0.0, util.aip / 100.0)),
             memory_used_bytes=int(mem.used) if mem is not None else None,
             memory_total_bytes=int(mem.total) if mem is not None else None,
             power_watts=power_mw / 1000.0 if power_mw is not None else None,
             power_limit_watts=limit_mw / 1000.0 if limit_mw is not None else None,
             energy_joules=energy_mj / 1000.0 if energy_mj is not None else None,
-            temperatures=tuple(temps),
-            clocks_hertz=(("soc", float(soc_mhz) * 1e6),) if soc_mhz is not None else (),
+            temperatures=temps,
+            clocks_hertz=clocks,
             throttled=(("power", bool(reasons & THROTTLE_POWER)),
                        ("thermal", bool(reasons & THROTTLE_THERMAL))) if reasons is not None else (),
-            slow=self._read_slow(i, h) if slow else None,
+            slow=self._read_slow(i, dev) if slow else None,
+            memory_utilization=min(1.0, max(0.0, memory_util / 100.0)) if memory_util is not None else None,
+            throttle_seconds=tuple(throttle_seconds),
+            pcie_throughput_bytes=pcie,
         )
 
-    def _read_slow(self, i: int, h: Any) -> SlowReading:
+    def _read_slow(self, i: int, dev: _Device) -> SlowReading:
+        def call(fn_name: str, *args: Any) -> Any:
+            return self._call(i, dev, fn_name, *args)
+
         ecc = "hlmlDeviceGetTotalECCErrors"
-        corrected = self._call(i, ecc, h, MEMORY_ERROR_CORRECTED, ECC_COUNTER_AGGREGATE)
-        uncorrected = self._call(i, ecc, h, MEMORY_ERROR_UNCORRECTED, ECC_COUNTER_AGGREGATE)
+        mode = call("hlmlDeviceGetECCMode")
+        pci = call("hlmlDeviceGetPCIInfo")
+        link: list[tuple[str, int]] = []
+        for name, value in (("generation", call("hlmlDeviceGetCurrPCIELinkGeneration")),
+                            ("width", call("hlmlDeviceGetCurrPCIELinkWidth")),
+                            ("max_generation", pcie_generation(pci.caps.link_max_speed) if pci else None),
+                            ("max_width", pcie_width(pci.caps.link_max_width) if pci else None)):
+            if value is not None and (not isinstance(value, int) or 0 < value <= 64):  # sanity: no garbage
+                link.append((name, int(value)))
+        limits = []
+        default_mw = call("hlmlDeviceGetPowerManagementDefaultLimit")
+        if default_mw is not None:
+            limits.append(("default", default_mw / 1000.0))
+        constraints = call("hlmlDeviceGetPowerManagementLimitConstraints")
+        if constraints is not None:
+            lo, hi = constraints
+            limits += [("min", lo / 1000.0), ("max", hi / 1000.0)]
+        pending = call("hlmlDeviceGetReplacedRowsPendingStatus")
         return SlowReading(
-            ecc_corrected=corrected,
-            ecc_uncorrected=uncorrected,
-            pcie_replays=self._call(i, "hlmlDeviceGetPCIEReplayCounter", h),
-            nic_ports_up=self._nic_links(i, h),
-            firmware_version=self._firmware(i, h),
+            ecc_corrected=call(ecc, MEMORY_ERROR_CORRECTED, ECC_COUNTER_AGGREGATE),
+            ecc_uncorrected=call(ecc, MEMORY_ERROR_UNCORRECTED, ECC_COUNTER_AGGREGATE),
+            pcie_replays=call("hlmlDeviceGetPCIEReplayCounter"),
+            nic_ports_up=self._nic_links(i, dev),
+            firmware_version=self._firmware(i, dev),
+            ecc_volatile_corrected=call(ecc, MEMORY_ERROR_CORRECTED, ECC_COUNTER_VOLATILE),
+            ecc_volatile_uncorrected=call(ecc, MEMORY_ERROR_UNCORRECTED, ECC_COUNTER_VOLATILE),
+            ecc_mode=(("current", int(mode.current) == 1), ("pending", int(mode.pending) == 1))
+            if mode is not None else (),
+            replaced_rows=tuple((cause, int(n)) for cause, code in ROW_REPLACEMENT_CAUSES
+                                if (n := call("hlmlDeviceGetReplacedRowsCount", code)) is not None),
+            row_replacement_pending=bool(pending) if pending is not None else None,
+            pcie_link=tuple(link),
+            temperature_thresholds=tuple((name, float(c)) for name, code in TEMPERATURE_THRESHOLDS
+                                         if (c := call("hlmlDeviceGetTemperatureThreshold", code)) is not None),
+            power_limits_watts=tuple(limits),
+            clocks_max_hertz=tuple((clock, float(mhz) * 1e6) for clock, code in CLOCKS
+                                   if (mhz := call("hlmlDeviceGetMaxClockInfo", code)) is not None),
         )
 
-    def _nic_links(self, i: int, h: Any) -> tuple[tuple[int, bool], ...] | None:
-        masks = self._call(i, "hlmlDeviceGetMacAddrInfo", h)
+    def _nic_links(self, i: int, dev: _Device) -> tuple[tuple[int, bool], ...] | None:
+        masks = self._call(i, dev, "hlmlDeviceGetMacAddrInfo")
         if masks is None:
             return None
         (lo, hi), (ext_lo, ext_hi) = masks
         bitmap = (int(lo) | int(hi) << 64) | (int(ext_lo) | int(ext_hi) << 64)
         links = []
         for port in (p for p in range(128) if bitmap >> p & 1):
-            up = self._call(i, "hlmlDeviceNicGetLink", h, port)
-            if up is not None:
+            up = self._call(i, dev, "hlmlDeviceNicGetLink", port)
+            if up is not None:  # a port that fails costs that port's series only
                 links.append((port, bool(up)))
         return tuple(links)
+
+
+def _loaded_library(mod: Any) -> Any:
+    """The ctypes.CDLL pyhlml loaded (``pyhlml.main._hlmlOBJ.lib``), or None if this pyhlml hides it."""
+    main = getattr(mod, "main", None)
+    if main is None and isinstance(getattr(mod, "__name__", None), str):
+        main = sys.modules.get(mod.__name__ + ".main")
+    return getattr(getattr(main, "_hlmlOBJ", None), "lib", None)

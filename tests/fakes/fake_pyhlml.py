@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from string import capwords
 
+from exporter.backends.hlml import SYMBOLS
+
 # hlml_return_t (pyhlml_types_generated.HLML_RETURN)
 RETURN_CODES = {
     "HLML_ERROR_UNINITIALIZED": 1, "HLML_ERROR_INVALID_ARGUMENT": 2, "HLML_ERROR_NOT_SUPPORTED": 3,
@@ -45,6 +47,14 @@ class c_hlml_utilization(ctypes.Structure):
 
 class c_hlml_memory(ctypes.Structure):
     _fields_ = [("free", ctypes.c_ulonglong), ("total", ctypes.c_ulonglong), ("used", ctypes.c_ulonglong)]
+
+
+class c_hlml_violation_time(ctypes.Structure):
+    _fields_ = [("reference_time", ctypes.c_ulonglong), ("violation_time", ctypes.c_ulonglong)]
+
+
+class hlml_ecc_mode(ctypes.Structure):
+    _fields_ = [("current", ctypes.c_uint), ("pending", ctypes.c_uint)]
 
 
 def _make_error_base() -> type[Exception]:
@@ -103,13 +113,26 @@ class FakeDevice:
     unsupported: set[str] = field(default_factory=set)  # function names that answer NOT_SUPPORTED
     failing: dict[str, int] = field(default_factory=dict)  # function name -> error code it answers with
     lost: bool = False  # every call on this device answers AIP_IS_LOST
+    util_memory: int = 40
+    thresholds: dict[int, int] = field(default_factory=lambda: {0: 105, 1: 95})
+    max_clocks_mhz: dict[int, int] = field(default_factory=lambda: {0: 1800})
+    violation_ns: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0})  # perf policy -> ns throttled
+    ecc_mode: tuple[int, int] = (1, 1)
+    replaced_rows: dict[int, int] = field(default_factory=lambda: {0: 0, 1: 0})
+    rows_pending: int = 0
+    pcie_kib: dict[int, int] = field(default_factory=lambda: {0: 1000, 1: 2000})
+    pcie_gen: int = 5
+    pcie_width: int = 16
+    power_default_limit_mw: int = 850_000
+    power_constraints_mw: tuple[int, int] = (450_000, 850_000)
 
 
 class FakePyhlml:
     """Module-like object: ``backend = HlmlBackend(module=FakePyhlml([...]))``."""
 
     def __init__(self, devices: list[FakeDevice] | None = None, *, library_present: bool = True,
-                 driver_version: bytes = b"1.22.1-97ec1a4", init_error: int | None = None) -> None:
+                 driver_version: bytes = b"1.22.1-97ec1a4", init_error: int | None = None,
+                 missing_symbols: frozenset[str] = frozenset()) -> None:
         self.devices: list[FakeDevice] = list(devices) if devices is not None else [FakeDevice()]
         self.library_present = library_present
         self.driver_version = driver_version
@@ -121,6 +144,10 @@ class FakePyhlml:
         self._initialised = False
         self._handles: dict[int, FakeDevice] = {}
         self._next_handle = 0x1000
+        # pyhlml.main._hlmlOBJ.lib: the loaded CDLL, where hasattr tells an absent C symbol (like ctypes.CDLL)
+        self.missing_symbols = set(missing_symbols)
+        lib = types.SimpleNamespace(**{sym: object() for sym in SYMBOLS.values() if sym not in missing_symbols})
+        self.main = types.SimpleNamespace(_hlmlOBJ=types.SimpleNamespace(lib=lib))
 
     # pyhlml internals
 
@@ -146,6 +173,8 @@ class FakePyhlml:
 
     def _device(self, fn: str, handle: ctypes.c_void_p) -> FakeDevice:
         self._enter(fn)
+        if SYMBOLS.get(fn) in self.missing_symbols:  # pyhlml's get_func_ptr on an absent symbol
+            raise self.HLMLError(2)
         dev = self._handles.get(handle.value)
         if dev is None or dev not in self.devices or dev.lost:
             raise self.HLMLError(AIP_IS_LOST)
@@ -177,6 +206,8 @@ class FakePyhlml:
 
     def hlmlGetDriverVersion(self) -> bytes:
         self._enter("hlmlGetDriverVersion")
+        if "hlml_get_driver_version" in self.missing_symbols:
+            raise self.HLMLError(2)
         return self.driver_version
 
     def hlmlGetHLMLVersion(self) -> bytes:
@@ -217,6 +248,8 @@ class FakePyhlml:
         info = c_hlml_pci_info()
         info.bus_id = dev.bus_id
         info.bus = int(dev.bus_id.split(b":")[1], 16)
+        info.caps.link_max_speed = b"32.0 GT/s"
+        info.caps.link_max_width = b"x16"
         return info
 
     def hlmlDeviceGetFirmwareFITVersion(self, device) -> bytes:
@@ -229,7 +262,7 @@ class FakePyhlml:
 
     def hlmlDeviceGetUtilizationRates(self, device) -> c_hlml_utilization:
         dev = self._device("hlmlDeviceGetUtilizationRates", device)
-        return c_hlml_utilization(aip=dev.util_aip, memory=0)
+        return c_hlml_utilization(aip=dev.util_aip, memory=dev.util_memory)
 
     def hlmlDeviceGetMemoryInfo(self, device) -> c_hlml_memory:
         dev = self._device("hlmlDeviceGetMemoryInfo", device)
@@ -277,6 +310,50 @@ class FakePyhlml:
         if port not in dev.links:
             raise self.HLMLError(2)  # INVALID_ARGUMENT: no such port
         return dev.links[port]
+
+
+    # health and parity signals
+
+    def _indexed(self, fn: str, device, table_name: str, key: int) -> int:
+        table = getattr(self._device(fn, device), table_name)
+        if key not in table:
+            raise self.HLMLError(NOT_SUPPORTED)
+        return table[key]
+
+    def hlmlDeviceGetTemperatureThreshold(self, device, threshold_type) -> int:
+        return self._indexed("hlmlDeviceGetTemperatureThreshold", device, "thresholds", threshold_type)
+
+    def hlmlDeviceGetMaxClockInfo(self, device, clock_type=0) -> int:
+        return self._indexed("hlmlDeviceGetMaxClockInfo", device, "max_clocks_mhz", clock_type)
+
+    def hlmlDeviceGetViolationStatus(self, device, perf_policy) -> c_hlml_violation_time:
+        ns = self._indexed("hlmlDeviceGetViolationStatus", device, "violation_ns", perf_policy)
+        return c_hlml_violation_time(reference_time=1_700_000_000_000_000, violation_time=ns)
+
+    def hlmlDeviceGetECCMode(self, device) -> hlml_ecc_mode:
+        current, pending = self._device("hlmlDeviceGetECCMode", device).ecc_mode
+        return hlml_ecc_mode(current=current, pending=pending)
+
+    def hlmlDeviceGetReplacedRowsCount(self, device, cause) -> int:
+        return self._indexed("hlmlDeviceGetReplacedRowsCount", device, "replaced_rows", cause)
+
+    def hlmlDeviceGetReplacedRowsPendingStatus(self, device) -> int:
+        return self._device("hlmlDeviceGetReplacedRowsPendingStatus", device).rows_pending
+
+    def hlmlDeviceGetPCIEThroughput(self, device, counter_type) -> int:
+        return self._indexed("hlmlDeviceGetPCIEThroughput", device, "pcie_kib", counter_type)
+
+    def hlmlDeviceGetCurrPCIELinkGeneration(self, device) -> int:
+        return self._device("hlmlDeviceGetCurrPCIELinkGeneration", device).pcie_gen
+
+    def hlmlDeviceGetCurrPCIELinkWidth(self, device) -> int:
+        return self._device("hlmlDeviceGetCurrPCIELinkWidth", device).pcie_width
+
+    def hlmlDeviceGetPowerManagementDefaultLimit(self, device) -> int:
+        return self._device("hlmlDeviceGetPowerManagementDefaultLimit", device).power_default_limit_mw
+
+    def hlmlDeviceGetPowerManagementLimitConstraints(self, device) -> tuple[int, int]:
+        return self._device("hlmlDeviceGetPowerManagementLimitConstraints", device).power_constraints_mw
 
 
 # The functions above, checked against the real package's signatures by the tests.
