@@ -97,17 +97,57 @@ _ALL: list[Metric] = [
     _m("gaudi_hpu_power_limit_watts", G, "watts", "Power management limit.", group=Group.HPU, per_device=True),
     _m("gaudi_hpu_energy_joules_total", C, "joules", "Energy consumed (the driver's counter, kept monotonic across "
        "driver reloads; integrated from power where the driver has none).", group=Group.HPU, per_device=True),
-    _m("gaudi_hpu_temperature_celsius", G, "celsius", "Temperature by sensor (aip, board, hbm).", ("sensor",),
+    _m("gaudi_hpu_temperature_celsius", G, "celsius", "Temperature by sensor (aip, board, hbm, and other, vrm, "
+       "ctemp where reported).", ("sensor",),
        group=Group.HPU, per_device=True),
-    _m("gaudi_hpu_clock_hertz", G, "hertz", "Current clock frequency by clock domain.", ("clock",),
+    _m("gaudi_hpu_clock_hertz", G, "hertz", "Current clock frequency by clock domain (soc, ic, mme, tpc where "
+       "reported).", ("clock",),
        group=Group.HPU, per_device=True),
     _m("gaudi_hpu_ecc_errors_total", C, "", "ECC errors since driver load (aggregate), by type "
        "(corrected, uncorrected).", ("type",), group=Group.HPU, per_device=True),
     _m("gaudi_hpu_throttled", G, "", "1 while clocks are throttled for the reason (power, thermal).", ("reason",),
        group=Group.HPU, per_device=True),
     _m("gaudi_hpu_pcie_replays_total", C, "", "PCIe replay count.", group=Group.HPU, per_device=True),
-    _m("gaudi_hpu_nic_port_up", G, "", "1 if the NIC port link is up.", ("port",), group=Group.HPU,
+    _m("gaudi_hpu_nic_port_up", G, "", "1 if the NIC port link is up (only with "
+       "--collector.hpu.nic-ports=per-port).", ("port",), group=Group.HPU,
        per_device=True),
+    # health and parity signals (issue 11): HBM row replacement, ECC detail, throttle time, PCIe link, limits
+    _m("gaudi_hpu_memory_utilization_ratio", G, "ratio", "Memory-interface utilisation, 0-1, as reported by the "
+       "driver (HLML only).", group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_ecc_volatile_errors_total", C, "", "ECC errors since the last driver load (volatile), by type "
+       "(corrected, uncorrected).", ("type",), group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_ecc_enabled", G, "", "1 if ECC is enabled: setting=current, or after the next reset "
+       "(setting=pending).", ("setting",), group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_hbm_replaced_rows", G, "", "HBM rows replaced, by cause (multiple_single_bit, double_bit).",
+       ("cause",), group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_hbm_row_replacement_pending", G, "", "1 while HBM row replacements wait for a device reset.",
+       group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_throttle_seconds_total", C, "seconds", "Time clocks were held back, by reason (power, thermal), "
+       "from the driver's violation status; rate() is the share of time lost.", ("reason",), group=Group.HPU,
+       per_device=True),
+    _m("gaudi_hpu_pcie_link_generation", G, "", "PCIe link generation the device trained at now.",
+       group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_pcie_link_max_generation", G, "", "Highest PCIe link generation the device supports.",
+       group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_pcie_link_width", G, "", "PCIe link width (lanes) the device trained at now.", group=Group.HPU,
+       per_device=True),
+    _m("gaudi_hpu_pcie_link_max_width", G, "", "Widest PCIe link (lanes) the device supports.", group=Group.HPU,
+       per_device=True),
+    _m("gaudi_hpu_pcie_throughput_bytes_per_second", G, "bytes_per_second", "PCIe throughput by direction (tx, "
+       "rx) over the driver's sample window (assumed KiB/s from HLML, converted).", ("direction",),
+       group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_temperature_threshold_celsius", G, "celsius", "Temperature thresholds (shutdown, slowdown, "
+       "memory_max, aip_max).", ("threshold",), group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_power_default_limit_watts", G, "watts", "Default power management limit.", group=Group.HPU,
+       per_device=True),
+    _m("gaudi_hpu_power_min_limit_watts", G, "watts", "Lowest power limit the device accepts.", group=Group.HPU,
+       per_device=True),
+    _m("gaudi_hpu_power_max_limit_watts", G, "watts", "Highest power limit the device accepts.", group=Group.HPU,
+       per_device=True),
+    _m("gaudi_hpu_clock_max_hertz", G, "hertz", "Maximum clock frequency by clock domain.", ("clock",),
+       group=Group.HPU, per_device=True),
+    _m("gaudi_hpu_nic_ports", G, "", "NIC ports by link state (up, down): the per-device summary, always exported "
+       "(per-port series with --collector.hpu.nic-ports=per-port).", ("state",), group=Group.HPU, per_device=True),
     _m("gaudi_hpu_read_errors_total", C, "", "Failed reads of an HPU (driver error, garbled hl-smi line, lost "
        "device).", ("hpu",), group=Group.HPU),
     # --- host

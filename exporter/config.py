@@ -43,7 +43,7 @@ class Option:
     @property
     def flag(self) -> str:
         if self.key.startswith("collectors."):  # node_exporter's spelling: --collector.NAME / --no-collector.NAME
-            return "--collector." + self.key.split(".", 1)[1]
+            return "--collector." + self.key.split(".", 1)[1].replace("_", "-")  # and --collector.NAME.OPTION
         return "--" + self.key.replace("_", "-")
 
     @property
@@ -145,6 +145,9 @@ OPTIONS: list[Option] = [
 ]
 OPTIONS += [Opt(f"collectors.{name}", bool, default, f"{text}", group="collectors")
             for name, (default, text) in COLLECTORS.items()]
+OPTIONS.append(Opt("collectors.hpu.nic_ports", str, "summary", "NIC port series: summary exports ports up/down "
+                   "per HPU (16 series per 8-HPU node); per-port adds one series per port (192 more), for debugging",
+                   ("summary", "per-port"), group="collectors"))
 BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
 
@@ -196,9 +199,10 @@ def flatten(tree: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, 
     out: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if key in BY_KEY:
+        nested = isinstance(v, Mapping) and any(o.startswith(key + ".") for o in BY_KEY)
+        if key in BY_KEY and not nested:  # (collectors.hpu is a switch and the parent of collectors.hpu.*)
             out[key] = v
-        elif isinstance(v, Mapping) and any(o.startswith(key + ".") for o in BY_KEY):
+        elif nested:
             out.update(flatten(v, where, key + "."))
         else:
             near = sorted(o for o in BY_KEY if o.split(".")[0] == key.split(".")[0])

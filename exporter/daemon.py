@@ -11,6 +11,7 @@ from exporter import __version__, backends
 from exporter.accounting import Accountant
 from exporter.backends.base import BackendUnavailable
 from exporter.config import Settings, node_name
+from exporter.exposition import Renderer
 from exporter.http import Site, parse_listen_address, serve
 from exporter.loop import Loop
 from exporter.signals import install_signal_handlers
@@ -106,7 +107,7 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
         collectors.append(CheckpointCollector(tracker))
     loop = Loop(collectors, interval=settings["interval"], version=__version__, backend=backend.name,
                 accountant=Accountant(efficiency_target=settings["efficiency.target"]),
-                attribution_labels=attribution)
+                attribution_labels=attribution, renderer=Renderer(nic_ports=settings["collectors.hpu.nic_ports"]))
     return loop, tracker, [backend]
 
 

@@ -55,11 +55,21 @@ def _family(name: str, labels: tuple[str, ...] | None = None) -> Metric:
     return GaugeMetricFamily(m.name, m.help, labels=labelnames, unit=m.unit)
 
 
-class ViewCollector:
-    """Yields the families of the current View."""
+NIC_PORT_MODES = ("summary", "per-port")  # --collector.hpu.nic-ports
 
-    def __init__(self) -> None:
+
+class ViewCollector:
+    """Yields the families of the current View.
+
+    ``nic_ports``: "summary" exports ports up/down per device; "per-port" adds one series per port (24 per Gaudi 3:
+    192 of an 8-HPU node's series), for nodes being debugged.
+    """
+
+    def __init__(self, nic_ports: str = "summary") -> None:
+        if nic_ports not in NIC_PORT_MODES:
+            raise ValueError(f"nic_ports must be one of {', '.join(NIC_PORT_MODES)}, not {nic_ports!r}")
         self.view: View | None = None
+        self.nic_per_port = nic_ports == "per-port"
 
     def describe(self) -> list:
         return []  # collect() depends on the view; nothing to describe at registration
@@ -117,6 +127,8 @@ class ViewCollector:
         clock, ecc = fam("gaudi_hpu_clock_hertz"), fam("gaudi_hpu_ecc_errors_total")
         throttled, replays = fam("gaudi_hpu_throttled"), fam("gaudi_hpu_pcie_replays_total")
         nic = fam("gaudi_hpu_nic_port_up")
+        nic_ports = fam("gaudi_hpu_nic_ports")
+        health = _HealthFamilies(fam)
         cost, idle = fam("gaudi_hpu_cost_usd_total"), fam("gaudi_hpu_idle_cost_usd_total")
         acct = v.accountant
         seen = set()
@@ -144,6 +156,7 @@ class ViewCollector:
                 clock.add_metric(base + [name], hz)
             for reason, active in d.throttled:
                 throttled.add_metric(base + [reason], 1 if active else 0)
+            health.add(base, d)
             if d.slow is not None:
                 if d.slow.ecc_corrected is not None:
                     ecc.add_metric(base + ["corrected"], d.slow.ecc_corrected)
@@ -151,8 +164,13 @@ class ViewCollector:
                     ecc.add_metric(base + ["uncorrected"], d.slow.ecc_uncorrected)
                 if d.slow.pcie_replays is not None:
                     replays.add_metric(base, d.slow.pcie_replays)
-                for port, is_up in d.slow.nic_ports_up or ():
-                    nic.add_metric(base + [str(port)], 1 if is_up else 0)
+                if d.slow.nic_ports_up is not None:
+                    up_count = sum(1 for _, is_up in d.slow.nic_ports_up if is_up)
+                    nic_ports.add_metric(base + ["up"], up_count)
+                    nic_ports.add_metric(base + ["down"], len(d.slow.nic_ports_up) - up_count)
+                    if self.nic_per_port:
+                        for port, is_up in d.slow.nic_ports_up:
+                            nic.add_metric(base + [str(port)], 1 if is_up else 0)
             if acct is not None:
                 e = acct.energy.get(key)
                 if e is not None:
@@ -166,7 +184,7 @@ class ViewCollector:
             if key not in seen:  # lost: only gaudi_hpu_up 0 remains, no stale values
                 up.add_metric([str(ident.index), ident.uuid, *empty], 0)
         yield from (info, up, util, busy, mem_used, mem_total, power, limit, energy, temp, clock, ecc, throttled,
-                    replays, nic, cost, idle)
+                    replays, nic_ports, nic, *health.families(), cost, idle)
         errors = _family("gaudi_hpu_read_errors_total")
         for hpu, n in sorted(v.read_errors.items()):
             errors.add_metric([hpu], n)
@@ -270,6 +288,57 @@ class ViewCollector:
             yield f
 
 
+class _HealthFamilies:
+    """The health and parity families (issue 11 section 3), filled device by device."""
+
+    def __init__(self, fam) -> None:
+        names = ("gaudi_hpu_memory_utilization_ratio", "gaudi_hpu_throttle_seconds_total",
+                 "gaudi_hpu_pcie_throughput_bytes_per_second", "gaudi_hpu_ecc_volatile_errors_total",
+                 "gaudi_hpu_ecc_enabled", "gaudi_hpu_hbm_replaced_rows", "gaudi_hpu_hbm_row_replacement_pending",
+                 "gaudi_hpu_pcie_link_generation", "gaudi_hpu_pcie_link_max_generation", "gaudi_hpu_pcie_link_width",
+                 "gaudi_hpu_pcie_link_max_width", "gaudi_hpu_temperature_threshold_celsius",
+                 "gaudi_hpu_power_default_limit_watts", "gaudi_hpu_power_min_limit_watts",
+                 "gaudi_hpu_power_max_limit_watts", "gaudi_hpu_clock_max_hertz")
+        self.f = {name: fam(name) for name in names}
+
+    def families(self) -> list[Metric]:
+        return list(self.f.values())
+
+    def add(self, base: list[str], d) -> None:
+        f = self.f
+        if d.memory_utilization is not None:
+            f["gaudi_hpu_memory_utilization_ratio"].add_metric(base, d.memory_utilization)
+        for reason, seconds in d.throttle_seconds:
+            f["gaudi_hpu_throttle_seconds_total"].add_metric(base + [reason], seconds)
+        for direction, rate in d.pcie_throughput_bytes:
+            f["gaudi_hpu_pcie_throughput_bytes_per_second"].add_metric(base + [direction], rate)
+        s = d.slow
+        if s is None:
+            return
+        for kind, value in (("corrected", s.ecc_volatile_corrected), ("uncorrected", s.ecc_volatile_uncorrected)):
+            if value is not None:
+                f["gaudi_hpu_ecc_volatile_errors_total"].add_metric(base + [kind], value)
+        for setting, enabled in s.ecc_mode:
+            f["gaudi_hpu_ecc_enabled"].add_metric(base + [setting], 1 if enabled else 0)
+        for cause, rows in s.replaced_rows:
+            f["gaudi_hpu_hbm_replaced_rows"].add_metric(base + [cause], rows)
+        if s.row_replacement_pending is not None:
+            f["gaudi_hpu_hbm_row_replacement_pending"].add_metric(base, 1 if s.row_replacement_pending else 0)
+        for what, n in s.pcie_link:
+            f[PCIE_LINK_METRICS[what]].add_metric(base, n)
+        for threshold, celsius in s.temperature_thresholds:
+            f["gaudi_hpu_temperature_threshold_celsius"].add_metric(base + [threshold], celsius)
+        for which, watts in s.power_limits_watts:
+            f[f"gaudi_hpu_power_{which}_limit_watts"].add_metric(base, watts)
+        for clock, hz in s.clocks_max_hertz:
+            f["gaudi_hpu_clock_max_hertz"].add_metric(base + [clock], hz)
+
+
+PCIE_LINK_METRICS = {"generation": "gaudi_hpu_pcie_link_generation",
+                     "max_generation": "gaudi_hpu_pcie_link_max_generation",
+                     "width": "gaudi_hpu_pcie_link_width", "max_width": "gaudi_hpu_pcie_link_max_width"}
+
+
 @dataclass(frozen=True)
 class Exposition:
     """The rendered bytes of one tick, in both formats, plain and gzipped."""
@@ -281,9 +350,10 @@ class Exposition:
 
 
 class Renderer:
-    def __init__(self, registry: CollectorRegistry | None = None, process_metrics: bool = True) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, process_metrics: bool = True,
+                 nic_ports: str = "summary") -> None:
         self.registry = registry or CollectorRegistry(auto_describe=False)
-        self.collector = ViewCollector()
+        self.collector = ViewCollector(nic_ports)
         self.registry.register(self.collector)
         if process_metrics:
             ProcessCollector(registry=self.registry)

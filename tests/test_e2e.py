@@ -26,7 +26,8 @@ ARGS = ["--backend", "simulated", "--simulated.seed", "0", "--pricing.source", "
 # series whose values are fixed by the simulated model and the seed; every other value is normalised
 STABLE = re.compile(r"^(gaudi_exporter_build_info|gaudi_hpu_info|gaudi_hpu_up|gaudi_hpu_memory_total_bytes|"
                     r"gaudi_hpu_power_limit_watts|gaudi_exporter_collector_success|gaudi_hpu_nic_port_up|"
-                    r"gaudi_node_price_usd_per_hour|gaudi_hpu_throttled|gaudi_hpu_pcie_replays_total)\b")
+                    r"gaudi_node_price_usd_per_hour|gaudi_hpu_throttled|gaudi_hpu_pcie_replays_total|gaudi_hpu_nic_ports|"
+                    r"gaudi_hpu_pcie_link_\w+|gaudi_hpu_hbm_\w+)\b")
 VOLATILE = re.compile(r"^(# (HELP|TYPE) )?process_")
 
 

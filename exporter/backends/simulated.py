@@ -58,6 +58,7 @@ class SimulatedBackend:
         self._tick = 0
         self._energy = [0.0] * devices
         self._ecc_corrected = [0] * devices
+        self._thermal_throttle_seconds = [0.0] * devices
 
     def open(self) -> None:
         log.warning("SIMULATED backend: %d simulated %s (%s) devices, profile %r, seed %d. These are not real "
@@ -109,6 +110,8 @@ class SimulatedBackend:
             self._energy[i] += power * self.interval
             hot = self.profile == "degraded" and i == 0
             temp_aip = 32 + 50 * util + 4 * rng.random() + (60 if hot else 0)
+            if hot:
+                self._thermal_throttle_seconds[i] += self.interval
             mem_used = int(m.memory_bytes * (0.08 + 0.8 * util if self.profile != "idle" else 0.01))
             slow_reading = None
             if slow:
@@ -121,6 +124,18 @@ class SimulatedBackend:
                     pcie_replays=0,
                     nic_ports_up=ports,
                     firmware_version="simulated",
+                    ecc_volatile_corrected=self._ecc_corrected[i],
+                    ecc_volatile_uncorrected=1 if (self.profile == "degraded" and i == 0) else 0,
+                    ecc_mode=(("current", True), ("pending", True)),
+                    # degraded: device 0 has replaced a row and waits for a reset; device 1 trained at x8
+                    replaced_rows=(("multiple_single_bit", 0), ("double_bit", 1 if hot else 0)),
+                    row_replacement_pending=hot,
+                    pcie_link=(("generation", 5), ("width", 8 if self.profile == "degraded" and i == 1 else 16),
+                               ("max_generation", 5), ("max_width", 16)),
+                    temperature_thresholds=(("shutdown", 110.0), ("slowdown", 100.0)),
+                    power_limits_watts=(("default", m.power_limit_watts), ("min", m.power_limit_watts / 2),
+                                        ("max", m.power_limit_watts)),
+                    clocks_max_hertz=(("soc", float(m.soc_clock_mhz * 1_000_000)),),
                 )
             devices.append(DeviceReading(
                 identity=ident,
@@ -135,5 +150,6 @@ class SimulatedBackend:
                 clocks_hertz=(("soc", float(m.soc_clock_mhz * 1_000_000 if not hot else 900_000_000)),),
                 throttled=(("power", False), ("thermal", hot)),
                 slow=slow_reading,
+                throttle_seconds=(("power", 0.0), ("thermal", self._thermal_throttle_seconds[i])),
             ))
         return BackendResult(devices=tuple(devices), errors=tuple(errors))

@@ -22,6 +22,7 @@ class HpuCollector:
         self._last_slow_at: float | None = None
         self._slow: dict[str, SlowReading] = {}
         self._failing: set[str] = set()
+        self._throttle: dict[tuple[str, str], tuple[float, float]] = {}  # (device, reason) -> (last raw, total)
 
     def collect(self, now: float, partial: dict | None = None) -> BackendResult:
         slow = self._last_slow_at is None or now - self._last_slow_at >= self.slow_interval
@@ -38,8 +39,27 @@ class HpuCollector:
         failing = {e.key for e in result.errors}
         for e in result.errors:
             if e.key not in self._failing:
-                log.error("HPU %d (%s) could not be read: %s", e.index, e.uuid or "no uuid", e.message)
+                log.error("HPU %d (uuid %s, serial %s) could not be read: %s", e.index, e.uuid or "unknown",
+                          e.serial or "unknown", e.message)
+        readable = {d.key for d in devices}
         for key in self._failing - failing:
-            log.info("HPU %s is readable again", key)
+            if key in readable:  # not when it merely stopped being listed
+                log.info("HPU %s is readable again", key)
+            else:
+                log.warning("HPU %s is no longer listed by the driver", key)
         self._failing = failing
-        return BackendResult(devices=tuple(devices), errors=result.errors)
+        return BackendResult(devices=tuple(self._monotonic_throttle(d) for d in devices), errors=result.errors)
+
+    def _monotonic_throttle(self, d: DeviceReading) -> DeviceReading:
+        """The driver's throttle time restarts at a driver reload; gaudi_hpu_throttle_seconds_total must not."""
+        if not d.throttle_seconds:
+            return d
+        totals = []
+        for reason, raw in d.throttle_seconds:
+            key = (d.key, reason)
+            last_raw, total = self._throttle.get(key, (None, 0.0))
+            # first reading: the driver's total so far; a lower reading: the driver restarted from zero
+            total += raw - last_raw if last_raw is not None and raw >= last_raw else raw
+            self._throttle[key] = (raw, total)
+            totals.append((reason, total))
+        return replace(d, throttle_seconds=tuple(totals))
