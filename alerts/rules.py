@@ -342,6 +342,12 @@ def health_alerts(t: dict) -> list[dict]:
     ]
 
 
+def _hpu_health(t: dict) -> list[dict]:
+    from alerts.hpu_health import hpu_health_alerts  # it imports this module's helpers
+
+    return hpu_health_alerts(t)
+
+
 def groups(t: dict) -> dict[str, list[dict]]:
     """Rule files by name, each a list of rule groups."""
     return {
@@ -351,5 +357,6 @@ def groups(t: dict) -> dict[str, list[dict]]:
             {"name": "gaudi-exporter.efficiency", "rules": efficiency_alerts(t)},
             {"name": "gaudi-exporter.spot", "rules": spot_alerts(t)},
             {"name": "gaudi-exporter.health", "rules": health_alerts(t)},
+            {"name": "gaudi-exporter.hpu-health", "rules": _hpu_health(t)},
         ],
     }

@@ -84,6 +84,10 @@ SCHEMA: dict[str, Any] = {
     "thermal": {"throttling_for": DURATION, "aip_temperature_max_celsius": NUMBER, "temperature_for": DURATION},
     "ecc": {"uncorrected_max": NUMBER, "corrected_window": DURATION, "corrected_max": NUMBER},
     "nic": {"port_down_for": DURATION, "ignore_ports": PORTS},
+    "hpu_health": {"row_replacement_pending_for": DURATION, "pcie_link_degraded_for": DURATION,
+                   "pcie_generation_busy_utilization": RATIO, "throttle_share_window": DURATION,
+                   "throttle_share_max": RATIO, "throttle_share_for": DURATION, "nic_ports_down_max": NUMBER,
+                   "nic_ports_down_for": DURATION},
 }
 
 
