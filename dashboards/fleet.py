@@ -20,7 +20,12 @@ ENERGY = metric("gaudi_hpu_energy_joules_total")
 TEMP = metric("gaudi_hpu_temperature_celsius")
 THROTTLED = metric("gaudi_hpu_throttled")
 ECC = metric("gaudi_hpu_ecc_errors_total")
-NIC = metric("gaudi_hpu_nic_port_up")
+NIC_PORTS = metric("gaudi_hpu_nic_ports")  # the per-device summary, exported in either nic-ports mode
+ROWS_PENDING = metric("gaudi_hpu_hbm_row_replacement_pending")
+REPLACED_ROWS = metric("gaudi_hpu_hbm_replaced_rows")
+LINK_WIDTH, LINK_MAX_WIDTH = metric("gaudi_hpu_pcie_link_width"), metric("gaudi_hpu_pcie_link_max_width")
+LINK_GEN, LINK_MAX_GEN = metric("gaudi_hpu_pcie_link_generation"), metric("gaudi_hpu_pcie_link_max_generation")
+THROTTLE_SECONDS = metric("gaudi_hpu_throttle_seconds_total")
 READ_ERRORS = metric("gaudi_hpu_read_errors_total")
 
 DEV = "{{instance}} hpu {{hpu}}"
@@ -46,7 +51,7 @@ def build(s: Settings) -> P.Board:
                [Q(f'sum(increase({ECC}{{{DEVICE_SEL}, type="uncorrected"}}[$__range])) or vector(0)', "ECC",
                   instant=True)], thresholds=P.steps(("green", None), ("red", 1)), decimals=0),
         P.stat("NIC ports down", P.COUNT,
-               [Q(f"sum(1 - {NIC}{{{DEVICE_SEL}}}) or vector(0)", "down", instant=True)],
+               [Q(f'sum({NIC_PORTS}{{{DEVICE_SEL}, state="down"}}) or vector(0)', "down", instant=True)],
                thresholds=P.steps(("green", None), ("red", 1)), decimals=0),
     ]
     util = [
@@ -87,7 +92,7 @@ def build(s: Settings) -> P.Board:
                      [Q(f"sum by (instance, hpu, type) (rate({ECC}{{{DEVICE_SEL}}}[$__rate_interval])) * 3600",
                         "{{instance}} hpu {{hpu}} {{type}}")], w=8, min_=0),
         P.state_timeline("NIC ports down by device", P.COUNT,
-                         [Q(f"sum by (instance, hpu) (1 - {NIC}{{{DEVICE_SEL}}})", DEV)], w=8,
+                         [Q(f'sum by (instance, hpu) ({NIC_PORTS}{{{DEVICE_SEL}, state="down"}})', DEV)], w=8,
                          thresholds=P.steps(("green", None), ("red", 1)), min_=0),
         P.table("Lost devices and read errors", P.COUNT,
                 [Q(f"sum by (instance, hpu) (1 - {UP}{{{DEVICE_SEL}}})"),
@@ -97,6 +102,33 @@ def build(s: Settings) -> P.Board:
                 hide=("Time",), sort_by="Value #A", decimals=0,
                 description="Lost = 1 for a device the driver no longer reads. Read errors over the time range."),
     ]
+    # health signals (issue 11): grouped by node, not instance, so an exporter restart does not split a device
+    node_dev = "{{node}} hpu {{hpu}}"
+    device_health = [
+        P.stat("Row replacement pending", P.COUNT,
+               [Q(f"count({ROWS_PENDING}{{{DEVICE_SEL}}} == 1) or vector(0)", "pending", instant=True)],
+               thresholds=P.steps(("green", None), ("orange", 1)), decimals=0,
+               description="HPUs whose replaced HBM rows wait for a device reset (GaudiHpuRowReplacementPending)."),
+        P.stat("PCIe links below max width", P.COUNT,
+               [Q(f"count({LINK_WIDTH}{{{DEVICE_SEL}}} < {LINK_MAX_WIDTH}{{{DEVICE_SEL}}}) or vector(0)", "narrow",
+                  instant=True)], thresholds=P.steps(("green", None), ("red", 1)), decimals=0,
+               description="A card that trained at a lower width moves host data at a fraction of its speed."),
+        P.stat("PCIe links below max generation", P.COUNT,
+               [Q(f"count({LINK_GEN}{{{DEVICE_SEL}}} < {LINK_MAX_GEN}{{{DEVICE_SEL}}}) or vector(0)", "slow",
+                  instant=True)], thresholds=P.steps(("green", None), ("orange", 1)), decimals=0,
+               description="Idle links may drop their generation to save power; GaudiHpuPcieLinkDegraded counts "
+                           "busy devices only."),
+        P.table("HBM rows replaced", P.COUNT,
+                [Q(f"max by (node, hpu, cause) ({REPLACED_ROWS}{{{DEVICE_SEL}}})", instant=True)], w=6, h=4,
+                rename={"node": "Node", "hpu": "HPU", "cause": "Cause", "Value": "Rows"}, hide=("Time",),
+                sort_by="Value", decimals=0),
+        P.timeseries("Share of time throttled", P.RATIO,
+                     [Q(f"max by (node, hpu, reason) (rate({THROTTLE_SECONDS}{{{DEVICE_SEL}}}[$__rate_interval]))",
+                        node_dev + " {{reason}}")], w=6, h=4, min_=0, max_=1,
+                     description="Time the clocks were held back by power or thermal limits "
+                                 "(gaudi_hpu_throttle_seconds_total); GaudiHpuThrottleTimeHigh fires on it."),
+    ]
     return P.dashboard(UID, TITLE, "Load, memory, power, temperature and faults of every HPU; click a node or a "
-                       "device to drill down.", [health, util, timeline, memory_power, thermal, faults],
+                       "device to drill down.", [health, util, timeline, memory_power, thermal, faults,
+                                                      device_health],
                        annotations=P.spot_annotations())
