@@ -161,7 +161,7 @@ def test_garbled_lines_are_device_errors_and_counted(scenario):
     assert cells[1].uuid == "01P4-HL3090A0-18-U4V193-22-07-01"
     assert "temperature.aip" in cells[2].message and "'W', expected C" in cells[2].message
     [noise] = [e for e in result.errors if "timed out" in e.message]
-    assert f"expected {len(SLOW_FIELDS)} fields" in noise.message
+    assert f"expected {len(backend.slow_fields)} fields" in noise.message
     assert noise.index == 3  # no index on the line: its line number among the data lines (0-based)
     assert backend.line_errors_total == first + 3
     backend.read(slow=False)
@@ -262,3 +262,30 @@ def test_an_older_hl_smi_without_the_newer_fields_still_works(scenario, monkeypa
     assert d.memory_total_bytes == 131072 * 1024**2 and d.power_watts is not None
     assert d.power_limit_watts is None and d.clocks_hertz == ()  # not read, so not exported: never a made-up 0
     assert d.slow is not None and d.slow.ecc_uncorrected is not None  # the ECC fields are documented: kept
+
+
+# --- health fields (issue 11): each one a release rejects or leaves N/A costs that value only
+
+def test_health_fields_from_hl_smi(scenario):
+    scenario("health")
+    b = opened()
+    [d0, d1] = sorted(b.read(slow=True).devices, key=lambda d: d.identity.index)
+    assert (d0.slow.ecc_volatile_corrected, d0.slow.ecc_volatile_uncorrected) == (2, 0)
+    assert dict(d0.slow.ecc_mode) == {"current": True, "pending": True}
+    assert dict(d1.slow.ecc_mode) == {"current": True}  # N/A: that value only
+    assert dict(d0.slow.pcie_link) == {"generation": 5, "max_generation": 5, "width": 16, "max_width": 16}
+    assert dict(d1.slow.pcie_link)["width"] == 8
+    assert dict(d0.slow.clocks_max_hertz) == {"soc": 1.8e9}
+    assert d1.power_watts == 775 and d1.slow.ecc_uncorrected == 1
+
+
+def test_health_fields_an_older_hl_smi_rejects_cost_those_fields_only(scenario, monkeypatch, caplog):
+    scenario("health")
+    monkeypatch.setenv("FAKE_HLSMI_OLD", "1")  # rejects pcie.* and clocks.*
+    b = opened()
+    assert "rejects pcie.link.gen.current, pcie.link.gen.max, pcie.link.width.current, pcie.link.width.max, " \
+           "clocks.max.soc" in caplog.text
+    [d0, _] = sorted(b.read(slow=True).devices, key=lambda d: d.identity.index)
+    assert d0.slow.pcie_link == () and d0.slow.clocks_max_hertz == ()
+    assert dict(d0.slow.ecc_mode) == {"current": True, "pending": True} and d0.slow.ecc_volatile_corrected == 2
+    assert d0.utilization == pytest.approx(0.97)

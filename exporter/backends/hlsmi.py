@@ -29,6 +29,14 @@ ECC_FIELDS = ("ecc.errors.corrected.aggregate.total", "ecc.errors.uncorrected.ag
 SLOW_FIELDS = FIELDS + ECC_FIELDS
 # Fields that older hl-smi releases do not know (their docs list neither); without them the rest still works.
 OPTIONAL_FIELDS = ("power.max", "clocks.current.soc")
+# Health and parity fields (issue 11), read on slow ticks. Each is probed at open(): one a release rejects is
+# left out alone, and an N/A answer costs that value only. Not mapped: stats.violation.* (hl-smi does not say
+# in which unit) and row replacement (a separate --query-row-replacement command).
+HEALTH_FIELDS = (
+    "ecc.errors.corrected.volatile.total", "ecc.errors.uncorrected.volatile.total", "ecc.mode.current",
+    "ecc.mode.pending", "pcie.link.gen.current", "pcie.link.gen.max", "pcie.link.width.current",
+    "pcie.link.width.max", "clocks.max.soc",
+)
 FORMAT = "csv,noheader"
 DEFAULT_TIMEOUT = 10.0
 
@@ -48,6 +56,11 @@ _UNITS: dict[str, tuple[str, dict[str, float]]] = {
     "clocks.current.soc": ("MHz", {"hz": 1, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}),  # -> hertz
     "ecc.errors.corrected.aggregate.total": ("", {"": 1}),
     "ecc.errors.uncorrected.aggregate.total": ("", {"": 1}),
+    "ecc.errors.corrected.volatile.total": ("", {"": 1}),
+    "ecc.errors.uncorrected.volatile.total": ("", {"": 1}),
+    "pcie.link.gen.current": ("", {"": 1}),
+    "pcie.link.gen.max": ("", {"": 1}),
+    "clocks.max.soc": ("MHz", {"hz": 1, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}),
 }
 _NUMBER = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*([A-Za-z%]*)$")
 _BANNER = re.compile(r"^\s*(#|habanalabs hl-smi)", re.IGNORECASE)  # version banner some releases print first
@@ -125,6 +138,29 @@ def _text(values: dict, field: str) -> str:
     return v if isinstance(v, str) else ""
 
 
+def _enabled(values: dict, field: str) -> bool | None:
+    v = _text(values, field).lower()
+    return True if v in ("enabled", "enable", "on", "1") else False if v in ("disabled", "disable", "off", "0") \
+        else None
+
+
+def _health(v: dict) -> dict:
+    """SlowReading keywords from the HEALTH_FIELDS present in the row (absent or N/A: left out)."""
+    from exporter.backends.hlml import pcie_width
+
+    link = [(name, int(n)) for name, n in (
+        ("generation", _int(v, "pcie.link.gen.current")), ("max_generation", _int(v, "pcie.link.gen.max")),
+        ("width", pcie_width(_text(v, "pcie.link.width.current"))),
+        ("max_width", pcie_width(_text(v, "pcie.link.width.max")))) if n]
+    mode = [(name, e) for name, e in (("current", _enabled(v, "ecc.mode.current")),
+                                      ("pending", _enabled(v, "ecc.mode.pending"))) if e is not None]
+    max_soc = _number(v, "clocks.max.soc")
+    return {"ecc_volatile_corrected": _int(v, "ecc.errors.corrected.volatile.total"),
+            "ecc_volatile_uncorrected": _int(v, "ecc.errors.uncorrected.volatile.total"),
+            "ecc_mode": tuple(mode), "pcie_link": tuple(link),
+            "clocks_max_hertz": (("soc", max_soc),) if max_soc is not None else ()}
+
+
 def to_reading(row: _Row, slow: bool) -> DeviceReading:
     v = row.values
     name = _text(v, "name")
@@ -143,7 +179,8 @@ def to_reading(row: _Row, slow: bool) -> DeviceReading:
         temperatures=(("aip", temp),) if temp is not None else (),
         clocks_hertz=(("soc", soc),) if soc is not None else (),
         slow=SlowReading(ecc_corrected=_int(v, "ecc.errors.corrected.aggregate.total"),
-                         ecc_uncorrected=_int(v, "ecc.errors.uncorrected.aggregate.total")) if slow else None,
+                         ecc_uncorrected=_int(v, "ecc.errors.uncorrected.aggregate.total"),
+                         **_health(v)) if slow else None,
     )
 
 
@@ -210,10 +247,31 @@ class HlSmiBackend:
         except HlSmiError as e:
             self.slow_fields = self.fields
             log.warning("hl-smi rejected the ECC fields (%s); ECC errors will not be exported", e)
+        self._probe_health_fields()
         if result.devices and result.devices[0].identity.name:
             ident = result.devices[0].identity
             self.model = DeviceModel(ident.name, ident.model)
         log.info("hlsmi backend: %s answers for %d device(s)", exe, len(result.devices) + len(result.errors))
+
+    def _probe_health_fields(self) -> None:
+        """Add the HEALTH_FIELDS this hl-smi accepts: all at once, else one by one (a rejected one costs itself)."""
+        base = self.slow_fields
+        self.slow_fields = base + HEALTH_FIELDS
+        try:
+            self.read(slow=True)
+            return
+        except HlSmiError:
+            pass
+        accepted, rejected = [], []
+        for f in HEALTH_FIELDS:
+            self.slow_fields = base + (f,)
+            try:
+                self.read(slow=True)
+                accepted.append(f)
+            except HlSmiError:
+                rejected.append(f)
+        self.slow_fields = base + tuple(accepted)
+        log.warning("this hl-smi rejects %s: those values are not exported", ", ".join(rejected))
 
     def close(self) -> None:
         self._exe = None
