@@ -11,7 +11,8 @@ PY=${PYTHON:-python3}
 
 # command -> Debian package
 tools=(prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
-       prometheus-node-exporter:prometheus-node-exporter openssl:openssl)
+       prometheus-node-exporter:prometheus-node-exporter openssl:openssl
+       gcc:gcc)  # gcc builds the stand-in libhlml.so (tests/fakes/libhlml) the real pyhlml loads
 if [ "$GAUDI_TEST_CONTAINER" = 1 ]; then
   tools+=(buildah:buildah debootstrap:debootstrap podman:podman)
 fi
@@ -19,6 +20,7 @@ need=()
 for t in "${tools[@]}"; do
   command -v "${t%%:*}" >/dev/null 2>&1 || need+=("${t##*:}")
 done
+[ -e /usr/include/stdio.h ] || need+=(libc6-dev)
 command -v "$PY" >/dev/null 2>&1 || need+=(python3)
 # Debian ships venv's ensurepip separately: without it `python3 -m venv` makes a venv with no pip
 "$PY" -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
@@ -38,6 +40,14 @@ fi
 echo "== installing gaudi-exporter[dev] into .venv"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 .venv/bin/python -m pip install -q -e '.[dev]'
+# the hlml tests run on the newest habana-pyhlml pyproject.toml allows (installed above) and on the lowest
+# (tests/support/pyhlml_releases.py imports it from here); keep this pin at pyproject's lower bound
+PYHLML_LOWEST=1.20.0.543
+if [ "$(cat .venv/pyhlml-lowest/.version 2>/dev/null)" != "$PYHLML_LOWEST" ]; then
+  rm -rf .venv/pyhlml-lowest
+  .venv/bin/python -m pip install -q --no-deps --target .venv/pyhlml-lowest "habana-pyhlml==$PYHLML_LOWEST"
+  echo "$PYHLML_LOWEST" > .venv/pyhlml-lowest/.version
+fi
 # the training-side tests run a real (CPU) torch; the exporter itself never needs it
 .venv/bin/python -m pip install -q 'torch==2.13.0' || echo "warning: torch not installable: training tests will skip"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import subprocess
 import sys
 
@@ -72,6 +73,8 @@ def test_both_ends_of_the_allowed_range_are_installed_for_the_suite():
     if lowest is None:
         pytest.skip(f"{pyhlml_releases.LOWEST_DIR} missing (scripts/test.sh installs it)")
     assert lowest.split(".")[:2] == low.split(".")[:2], "scripts/test.sh installs a release below/above the bound"
+    pinned = re.search(r"^PYHLML_LOWEST=(\S+)$", (pyhlml_releases.REPO / "scripts" / "test.sh").read_text(), re.M)
+    assert pinned and pinned.group(1) == lowest
     highest = pyhlml_releases.version("highest")
     assert highest is not None and highest.split(".")[0] < high.split(".")[0]
 
