@@ -123,7 +123,8 @@ _ALL: list[Metric] = [
     _m("gaudi_hpu_hbm_row_replacement_pending", G, "", "1 while HBM row replacements wait for a device reset.",
        group=Group.HPU, per_device=True),
     _m("gaudi_hpu_throttle_seconds_total", C, "seconds", "Time clocks were held back, by reason (power, thermal), "
-       "from the driver's violation status; rate() is the share of time lost.", ("reason",), group=Group.HPU,
+       "from the driver's violation status (read as nanoseconds, NVML's convention), kept monotonic across driver "
+       "reloads; rate() is the share of time lost.", ("reason",), group=Group.HPU,
        per_device=True),
     _m("gaudi_hpu_pcie_link_generation", G, "", "PCIe link generation the device trained at now.",
        group=Group.HPU, per_device=True),

@@ -20,6 +20,8 @@ from tests.fakes.libhlml import MIB, gaudi3, write_state
 from tests.support import pyhlml_releases
 from tests.support.procs import exporter, wait_for
 
+# pyhlml 1.24 warns about its own legacy module on import; nothing of ours
+pytestmark = pytest.mark.filterwarnings("ignore:pyhlml.hlml_types is deprecated:DeprecationWarning")
 OLDER_DRIVER = ("hlml_device_get_power_management_limit", "hlml_get_driver_version")
 PORT_TIMEOUT = {"hlml_nic_get_link.5": 10}  # HLML_ERROR_TIMEOUT on port 5 only
 
@@ -173,6 +175,41 @@ def test_an_older_driver_without_power_limit_and_driver_version_exports_the_rest
                     "(says unknown) not exported",
                     "this driver's libhlml has no hlml_device_get_power_management_limit: metric "
                     "gaudi_hpu_power_limit_watts not exported"]
+
+
+# what the oldest public hlml.h (HabanaAI/gohlml) lacks, plus the calls pyhlml wrapped later
+OLDEST_DRIVER = OLDER_DRIVER + (
+    "hlml_get_firmware_fit_version", "hlml_get_fw_os_version", "hlml_get_mac_addr_info", "hlml_nic_get_link",
+    "hlml_device_get_module_id", "hlml_device_get_power_management_limit_constraints",
+    "hlml_device_get_power_management_default_limit", "hlml_device_get_violation_status",
+    "hlml_device_get_replaced_rows", "hlml_device_get_replaced_rows_pending_status", "hlml_device_get_pcie_throughput",
+    "hlml_device_get_curr_pcie_link_generation", "hlml_device_get_curr_pcie_link_width", "hlml_device_get_ecc_mode",
+    "hlml_device_get_temperature_threshold", "hlml_device_get_max_clock_info")
+
+
+def test_the_oldest_driver_still_gives_the_basic_readings(pyhlml, tmp_path_factory, state):
+    lib = libhlml.build(tmp_path_factory.mktemp("oldest"), omit=OLDEST_DRIVER)
+    write_state(state, [gaudi3(0), gaudi3(1)])
+    backend = opened(pyhlml, lib)
+    try:
+        result = backend.read(slow=True)
+    finally:
+        backend.close()
+    assert result.errors == () and len(result.devices) == 2
+    d = result.devices[0]
+    assert d.identity.firmware_version == "unknown" and d.identity.driver_version == "unknown"
+    assert d.utilization == pytest.approx(0.87) and d.power_watts == pytest.approx(612.345)
+    assert d.memory_used_bytes == 98304 * MIB and dict(d.temperatures)["aip"] == 61.0
+    assert d.slow.ecc_corrected == 17 and d.slow.pcie_replays == 9
+    assert d.slow.nic_ports_up is None and d.throttle_seconds == () and d.slow.replaced_rows == ()
+    assert dict(d.slow.pcie_link) == {"max_generation": 5, "max_width": 16}  # from the PCI info struct only
+
+
+def test_a_driver_without_a_call_that_lists_devices_is_unavailable(pyhlml, tmp_path_factory, state):
+    lib = libhlml.build(tmp_path_factory.mktemp("nouuid"), omit=("hlml_device_get_uuid",))
+    write_state(state, [gaudi3(0)])
+    with pytest.raises(BackendUnavailable, match="has no hlml_device_get_uuid.*--backend hlsmi"):
+        opened(pyhlml, lib)
 
 
 def test_a_timing_out_nic_port_costs_that_port_only(pyhlml, libs, state):

@@ -269,7 +269,9 @@ int hlml_device_get_handle_by_index(unsigned index, void **out) {
 }
 
 STR_GETTER(hlml_device_get_name, "name")
+#ifndef OMIT_hlml_device_get_uuid
 STR_GETTER(hlml_device_get_uuid, "uuid")
+#endif
 STR_GETTER(hlml_device_get_serial, "serial")
 U32_GETTER(hlml_device_get_minor_number, "minor")
 #ifndef OMIT_hlml_device_get_module_id
