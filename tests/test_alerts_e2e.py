@@ -34,18 +34,24 @@ def fast_thresholds() -> dict:
     t["health"]["hpu_lost_for"] = "2s"
     t["health"]["read_errors_for"] = "4s"  # longer than hpu_lost_for, so GaudiHpuLost is there to inhibit it
     t["nic"]["port_down_for"] = "2s"
+    t["hpu_health"].update(row_replacement_pending_for="2s", pcie_link_degraded_for="2s", throttle_share_window="1m",
+                           throttle_share_for="2s", nic_ports_down_for="2s")
     return t
 
 
-# alertname -> labels it must carry (besides alertname); hpu 0 is hot with an ECC error, hpu 1 has NIC port 0
-# down, the last of 8 devices is lost after 2 ticks.
+# alertname -> labels it must carry (besides alertname); hpu 0 is hot (throttled all the time) with an ECC error and
+# a row replacement pending, hpu 1 has NIC port 0 down (the default per-device summary) and a PCIe link trained at
+# x8, the last of 8 devices is lost after 2 ticks.
 EXPECTED = {
     "GaudiDailyBudgetExceeded": {"severity": "critical", "category": "budget", "period": "daily", "cluster": "test"},
     "GaudiEfficiencyBelowFloor": {"severity": "warning", "category": "efficiency", "cluster": "test", "job": JOB},
     "GaudiHpuIdle": {"severity": "warning", "category": "efficiency", "cluster": "test", "job": JOB},
     "GaudiHpuThermalThrottling": {"severity": "warning", "category": "health", "hpu": "0", "reason": "thermal"},
     "GaudiHpuEccUncorrectable": {"severity": "critical", "category": "health", "hpu": "0", "type": "uncorrected"},
-    "GaudiHpuNicPortDown": {"severity": "warning", "category": "health", "hpu": "1", "port": "0"},
+    "GaudiHpuNicPortsDown": {"severity": "warning", "category": "health", "hpu": "1", "state": "down"},
+    "GaudiHpuRowReplacementPending": {"severity": "warning", "category": "health", "hpu": "0"},
+    "GaudiHpuPcieLinkDegraded": {"severity": "warning", "category": "health", "hpu": "1"},
+    "GaudiHpuThrottleTimeHigh": {"severity": "warning", "category": "health", "hpu": "0", "reason": "thermal"},
     "GaudiHpuLost": {"severity": "critical", "category": "health", "hpu": "7"},
 }
 RECEIVER = {"critical": "/gaudi-page", "warning": "/gaudi-team", "info": "/gaudi-info"}
