@@ -289,3 +289,14 @@ def test_health_fields_an_older_hl_smi_rejects_cost_those_fields_only(scenario, 
     assert d0.slow.pcie_link == () and d0.slow.clocks_max_hertz == ()
     assert dict(d0.slow.ecc_mode) == {"current": True, "pending": True} and d0.slow.ecc_volatile_corrected == 2
     assert d0.utilization == pytest.approx(0.97)
+
+
+def test_a_field_a_release_rejects_costs_that_field_only(scenario, monkeypatch):
+    scenario("normal")
+    monkeypatch.setenv("FAKE_HLSMI_REJECT", "power.max,ecc.errors.uncorrected.aggregate.total")
+    b = opened()
+    assert "power.max" not in b.fields and "clocks.current.soc" in b.fields
+    [d] = [d for d in b.read(slow=True).devices if d.identity.index == 0]
+    assert d.power_limit_watts is None and d.power_watts is not None
+    assert dict(d.clocks_hertz) == {"soc": 1.6e9}  # not dropped with power.max
+    assert d.slow.ecc_uncorrected is None and d.slow.ecc_corrected is not None

@@ -241,12 +241,15 @@ class HlSmiBackend:
         if self.fields != FIELDS:
             log.warning("hl-smi rejected the query with %s (%s); reading without them", ", ".join(OPTIONAL_FIELDS),
                         failure)
+            base = self.fields  # then each on its own: a field this release rejects costs that field only
+            self.fields = base + self._accepted(base, OPTIONAL_FIELDS, slow=False)
         self.slow_fields = self.fields + ECC_FIELDS
         try:
             self.read(slow=True)
         except HlSmiError as e:
-            self.slow_fields = self.fields
-            log.warning("hl-smi rejected the ECC fields (%s); ECC errors will not be exported", e)
+            self.slow_fields = self.fields + self._accepted(self.fields, ECC_FIELDS, slow=True)
+            log.warning("hl-smi rejected the ECC fields together (%s); reading %s", e,
+                        ", ".join(self.slow_fields[len(self.fields):]) or "none of them")
         self._probe_health_fields()
         if result.devices and result.devices[0].identity.name:
             ident = result.devices[0].identity
@@ -262,16 +265,24 @@ class HlSmiBackend:
             return
         except HlSmiError:
             pass
-        accepted, rejected = [], []
-        for f in HEALTH_FIELDS:
-            self.slow_fields = base + (f,)
+        accepted = self._accepted(base, HEALTH_FIELDS, slow=True)
+        self.slow_fields = base + accepted
+        log.warning("this hl-smi rejects %s: those values are not exported",
+                    ", ".join(f for f in HEALTH_FIELDS if f not in accepted))
+
+    def _accepted(self, base: tuple[str, ...], extra: tuple[str, ...], *, slow: bool) -> tuple[str, ...]:
+        """The fields of ``extra`` this hl-smi accepts, each tried alone after ``base`` (one run per field)."""
+        attr = "slow_fields" if slow else "fields"
+        accepted = []
+        for f in extra:
+            setattr(self, attr, base + (f,))
             try:
-                self.read(slow=True)
+                self.read(slow=slow)
                 accepted.append(f)
             except HlSmiError:
-                rejected.append(f)
-        self.slow_fields = base + tuple(accepted)
-        log.warning("this hl-smi rejects %s: those values are not exported", ", ".join(rejected))
+                continue
+        setattr(self, attr, base)
+        return tuple(accepted)
 
     def close(self) -> None:
         self._exe = None
