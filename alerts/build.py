@@ -40,11 +40,12 @@ def dump(data: object) -> str:
     return yaml.dump(data, Dumper=_Dumper, sort_keys=False, width=1000, allow_unicode=True, default_flow_style=False)
 
 
-def render(t: dict, source: str = "alerts/thresholds.yaml") -> dict[str, str]:
+def render(t: dict, source: str = "alerts/thresholds.yaml", increment_step: str = rules.STEP) -> dict[str, str]:
     """File name -> text: the rule files and prometheusrule.yaml."""
     header = HEADER.format(source=source)
-    files = {name: header + dump({"groups": g}) for name, g in rules.groups(t).items()}
-    all_groups = [g for name in sorted(rules.groups(t)) for g in rules.groups(t)[name]]
+    built = rules.groups(t, increment_step)
+    files = {name: header + dump({"groups": g}) for name, g in built.items()}
+    all_groups = [g for name in sorted(built) for g in built[name]]
     pr = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
@@ -55,11 +56,12 @@ def render(t: dict, source: str = "alerts/thresholds.yaml") -> dict[str, str]:
     return files
 
 
-def build(thresholds_path: Path | None, out: Path, prometheusrule: Path | None) -> list[Path]:
+def build(thresholds_path: Path | None, out: Path, prometheusrule: Path | None,
+          increment_step: str = rules.STEP) -> list[Path]:
     t = thresholds.load(thresholds_path)
     default = thresholds_path is None or Path(thresholds_path).resolve() == thresholds.DEFAULT_PATH
     source = "alerts/thresholds.yaml" if default else Path(thresholds_path).name
-    files = render(t, source)
+    files = render(t, source, increment_step)
     written = []
     out.mkdir(parents=True, exist_ok=True)
     for name, text in files.items():
@@ -98,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--prometheusrule", type=Path, default=None,
                     help=f"where to write the PrometheusRule (default: {PROMETHEUSRULE_REL} of the repo, or "
                          "prometheusrule.yaml in --out when --out is given)")
+    ap.add_argument("--increment-step", default=rules.STEP, metavar="DURATION",
+                    help=f"interval and window of the recorded increments (default {rules.STEP}); shorter only for "
+                         "tests and demos that cannot wait: the recorded names keep saying 5m")
     args = ap.parse_args(argv)
     chart = args.chart
     if args.out is None:
@@ -110,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out
         pr = args.prometheusrule or out / "prometheusrule.yaml"
     try:
-        written = build(args.thresholds, out, pr)
+        if not thresholds.DURATION.check(args.increment_step):
+            raise ValueError(f"--increment-step must be a Prometheus duration such as 5m, got {args.increment_step!r}")
+        written = build(args.thresholds, out, pr, args.increment_step)
         if chart is not None:
             for path, text in chart_files(chart, thresholds.load(args.thresholds)).items():
                 path.write_text(text, encoding="utf-8")

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from alerts.rules import HPU, _alert, _n, _num, _pct, _sel, _t
 
-# the labels that name one device across scrapes (instance is the exporter pod, which changes on a restart)
+# the labels that name one device across scrapes (instance is the exporter pod, which changes on a restart);
+# with the cluster label (thresholds cluster_label) first, so a global view never matches another cluster's node
 DEVICE = "node, hpu, uuid"
 DOWN = 'state="down"'
 
@@ -22,6 +23,7 @@ def hpu_health_alerts(t: dict) -> list[dict]:
     width, max_width = _n("gaudi_hpu_pcie_link_width"), _n("gaudi_hpu_pcie_link_max_width")
     gen, max_gen = _n("gaudi_hpu_pcie_link_generation"), _n("gaudi_hpu_pcie_link_max_generation")
     w = h["throttle_share_window"]
+    device = f"{t['cluster_label']}, {DEVICE}"
     return [
         _alert(t, "GaudiHpuRowReplacementPending", f"{_n('gaudi_hpu_hbm_row_replacement_pending')}{s} == 1",
                "warning", "health", "A Gaudi HPU has HBM row replacements waiting for a reset.",
@@ -52,8 +54,8 @@ def hpu_health_alerts(t: dict) -> list[dict]:
                h["throttle_share_for"]),
         _alert(t, "GaudiHpuNicPortsDown",
                (f"{_n('gaudi_hpu_nic_ports')}{_sel(base, DOWN)} > {_num(h['nic_ports_down_max'])}\n"
-                f"unless on ({DEVICE})\n"
-                f"count by ({DEVICE}) ({_n('gaudi_hpu_nic_port_up')}{s})"),
+                f"unless on ({device})\n"
+                f"count by ({device}) ({_n('gaudi_hpu_nic_port_up')}{s})"),
                "warning", "health", "NIC ports of a Gaudi HPU are down.",
                _t("{{ $value | printf \"%.0f\" }} NIC ports of " + HPU + " have been down for [[for]] (more than "
                   "[[max]] expected down); collective communication over them fails or slows. Run with "

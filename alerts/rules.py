@@ -1,7 +1,14 @@
 """Recording rules and alerts as data, built from validated thresholds (see alerts/thresholds.py).
 
 Every metric name comes from exporter.catalogue, so a rename breaks the build instead of silently emptying an alert.
-Node-level rules aggregate `by (cluster, job, instance, node)`: labels a setup lacks just stay empty.
+Node-level rules aggregate `by (cluster, job, instance, node)`: labels a setup lacks just stay empty. The cluster and
+node label names come from the thresholds file (`cluster_label`, `node_label`, as the kubernetes-mixin's selectors
+do), so the same rules run in one Prometheus (where `cluster` is only an external label and groups stay empty) and
+in a global view where many clusters' series meet: every `by ()`/`on ()` that must not cross clusters carries it.
+
+Long windows (1d, 30d, the forecasts, the 1d idle share) never read raw per-HPU or per-node counters over days:
+the `gaudi-exporter.increments` group records 5-minute increments per node, namespace and cluster (evaluated every
+5m, so consecutive increments tile time), and the long windows are `sum_over_time` of those.
 """
 
 from __future__ import annotations
@@ -11,8 +18,12 @@ import re
 from alerts.thresholds import duration_seconds, format_duration
 from exporter import catalogue
 
-NODE = "cluster, job, instance, node"
-CLUSTER = "{{ with $labels.cluster }} in cluster {{ . }}{{ end }}"
+# Recorded 5-minute increments: the group's interval and the window of each increase() are the same, so
+# consecutive increments tile time and sum_over_time over them is the increase over the long window.
+STEP = "5m"
+INCREMENTS_GROUP = "gaudi-exporter.increments"
+# A budget window whose recorded increments cover less than this share is "partial" (see docs/runbook.md).
+COVERAGE_MIN = 0.98
 SPOT, THERMAL, AIP = 'lifecycle="spot"', 'reason="thermal"', 'sensor="aip"'
 UNCORRECTED, CORRECTED = 'type="uncorrected"', 'type="corrected"'
 # The price source refreshed every 6h by default (exporter/pricing/aws.py); every other source is held to
@@ -49,6 +60,39 @@ def _pct(x: float) -> str:
     return f"{x * 100:g}%"
 
 
+def _step(t: dict) -> tuple[str, int]:
+    """The increments' step and its seconds: STEP, unless a test built the rules with a shorter one."""
+    step = t.get("_increment_step", STEP)
+    return step, int(duration_seconds(step))
+
+
+def _c(t: dict) -> str:
+    """The cluster label's name (thresholds `cluster_label`)."""
+    return t["cluster_label"]
+
+
+def _node(t: dict) -> str:
+    """Labels of a node-level series: cluster, job, instance and the node name label."""
+    return f"{t['cluster_label']}, job, instance, {t['node_label']}"
+
+
+def _per_node(t: dict, agg: str, by: str, inner, selector: str) -> str:
+    """``agg by (by) (inner(series))``, where series without a node name label get their instance as one.
+
+    Node-level history is grouped by the node name label because a DaemonSet rollout gives every exporter pod a new
+    address (`instance`); a setup without a node label (static targets, the local demo) keeps one node per target.
+    """
+    n = t["node_label"]
+    base = selector[1:-1] if selector else ""
+    with_node = _sel(base, f'{n}!=""')
+    without = _sel(base, f'{n}=""')
+    return (f"{agg} by ({by}) (\n"
+            f"    {inner(with_node)}\n"
+            f"  or\n"
+            f"    label_replace({inner(without)}, \"{n}\", \"$1\", \"instance\", \"(.*)\")\n"
+            f")")
+
+
 # ---------------------------------------------------------------------------------------------- recording rules
 
 def efficiency_per_device(t: dict) -> str:
@@ -64,67 +108,136 @@ def efficiency_per_device(t: dict) -> str:
             f")")
 
 
+def _inc(name: str) -> str:
+    """A recorded 5-minute increment, checked against the catalogue."""
+    return _n(name)
+
+
+def increment_rules(t: dict) -> list[dict]:
+    """5-minute increments per node, namespace and cluster: what every long window sums (group interval = STEP).
+
+    Per-HPU counters are summed per node here, so their pod/namespace labels (68x more series over 30 days than at
+    any moment) never reach a long window.
+    """
+    s = _sel(t["exporter_selector"])
+    c, node = _c(t), _node(t)
+    ns_cost = _n("gaudi_namespace_cost_usd_total")
+    unalloc = _n("gaudi_unallocated_cost_usd_total")
+    node_cost = _n("gaudi_node_cost_usd_total")
+    step, step_s = _step(t)
+
+    def increase(metric: str):
+        return lambda sel: f"increase({metric}{sel}[{step}])"
+
+    def seconds(metric: str):  # a 0/1 gauge integrated over the step: seconds spent at 1
+        return lambda sel: f"avg_over_time({metric}{sel}[{step}]) * {step_s}"
+
+    def per_node(record: str, inner, extra: str = "") -> dict:
+        by = f"{node}, {extra}" if extra else node
+        return {"record": _inc(record), "expr": _per_node(t, "sum", by, inner, s)}
+
+    def cluster(record: str, of: str) -> dict:
+        return {"record": _inc(record), "expr": f"sum by ({c}) ({_inc(of)})"}
+
+    return [
+        per_node("node:gaudi_node_cost_usd:increase5m", increase(node_cost)),
+        per_node("node:gaudi_hpu_cost_usd:increase5m", increase(_n("gaudi_hpu_cost_usd_total"))),
+        per_node("node:gaudi_hpu_idle_cost_usd:increase5m", increase(_n("gaudi_hpu_idle_cost_usd_total"))),
+        per_node("node:gaudi_hpu_busy_seconds:increase5m", increase(_n("gaudi_hpu_busy_seconds_total"))),
+        per_node("node:gaudi_hpu_up_seconds:sum5m", seconds(_n("gaudi_hpu_up"))),
+        per_node("node:gaudi_spot_savings_usd:increase5m", increase(_n("gaudi_spot_savings_usd_total"))),
+        per_node("node:gaudi_hpu_throttled_seconds:sum5m", seconds(_n("gaudi_hpu_throttled")), "reason"),
+        # per HPU (pod labels summed away) for the per-device ECC alert; the node level sums these
+        {"record": _inc("hpu:gaudi_hpu_ecc_errors:increase5m"),
+         "expr": _per_node(t, "sum", f"{node}, hpu, uuid, type", increase(_n("gaudi_hpu_ecc_errors_total")), s)},
+        {"record": _inc("node:gaudi_hpu_ecc_errors:increase5m"),
+         "expr": f"sum by ({node}, type) ({_inc('hpu:gaudi_hpu_ecc_errors:increase5m')})"},
+        # A node's unattributed cost goes under namespace="" (see the rate rule below for why).
+        {"record": _inc("namespace:gaudi_namespace_cost_usd:increase5m"),
+         "expr": (f"sum by ({c}, namespace) (\n"
+                  f"    increase({ns_cost}{s}[{step}])\n"
+                  f"  or\n"
+                  f"    increase({unalloc}{s}[{step}])\n"
+                  f"  or\n"
+                  f"    (\n"
+                  f"        increase({node_cost}{s}[{step}])\n"
+                  f"      unless on ({c}, job, instance) {ns_cost}{s}\n"
+                  f"      unless on ({c}, job, instance) {unalloc}{s}\n"
+                  f"    )\n"
+                  f")")},
+        cluster("cluster:gaudi_node_cost_usd:increase5m", "node:gaudi_node_cost_usd:increase5m"),
+        cluster("cluster:gaudi_hpu_cost_usd:increase5m", "node:gaudi_hpu_cost_usd:increase5m"),
+        cluster("cluster:gaudi_hpu_idle_cost_usd:increase5m", "node:gaudi_hpu_idle_cost_usd:increase5m"),
+        cluster("cluster:gaudi_spot_savings_usd:increase5m", "node:gaudi_spot_savings_usd:increase5m"),
+    ]
+
+
 def recording_rules(t: dict) -> list[dict]:
     s = _sel(t["exporter_selector"])
     ts = _sel(t["training_selector"])
+    c, node = _c(t), _node(t)
     node_cost = _n("gaudi_node_cost_usd_total")
     ns_cost = _n("gaudi_namespace_cost_usd_total")
     unalloc = _n("gaudi_unallocated_cost_usd_total")
-    hpu_cost = _n("gaudi_hpu_cost_usd_total")
-    idle_cost = _n("gaudi_hpu_idle_cost_usd_total")
     util = _n("gaudi_hpu_utilization_ratio")
     savings = _n("gaudi_spot_savings_usd_total")
     samples = _n("gaudi_training_samples_total")
     r = catalogue.RECORDED
     eff = efficiency_per_device(t)
     eff_indented = eff.replace("\n", "\n  ")
+
+    def share_1h(by: str, level: str) -> str:
+        idle, hpu = _inc(f"{level}:gaudi_hpu_idle_cost_usd:increase5m"), _inc(f"{level}:gaudi_hpu_cost_usd:increase5m")
+        return (f"sum by ({by}) (sum_over_time({idle}[1h]))\n"
+                f"/\n(sum by ({by}) (sum_over_time({hpu}[1h])) > 0)")
+
     return [
         {"record": r["node:gaudi_node_cost_usd_per_hour:rate5m"].name,
-         "expr": f"sum by ({NODE}) (rate({node_cost}{s}[5m])) * 3600"},
+         "expr": f"sum by ({node}) (rate({node_cost}{s}[5m])) * 3600"},
         {"record": r["cluster:gaudi_node_cost_usd_per_hour:rate5m"].name,
-         "expr": f"sum by (cluster) ({_n('node:gaudi_node_cost_usd_per_hour:rate5m')})"},
+         "expr": f"sum by ({c}) ({_n('node:gaudi_node_cost_usd_per_hour:rate5m')})"},
         # Attributed cost per namespace; a node's unattributed cost goes under namespace="": its unallocated
         # counter, or its whole cost when the exporter runs without Kubernetes attribution. This relies on the
         # exporter's own `namespace` label arriving unchanged (its ServiceMonitor/PodMonitor drops the target
-        # labels namespace/pod/container), so node-level series carry no namespace.
+        # labels namespace/pod/container), so node-level series carry no namespace. The cluster label is in the
+        # join: pod IPs (instance) of different clusters overlap in a global view.
         {"record": r["namespace:gaudi_namespace_cost_usd_per_hour:rate5m"].name,
-         "expr": (f"sum by (cluster, namespace) (\n"
+         "expr": (f"sum by ({c}, namespace) (\n"
                   f"    rate({ns_cost}{s}[5m])\n"
                   f"  or\n"
                   f"    rate({unalloc}{s}[5m])\n"
                   f"  or\n"
                   f"    (\n"
                   f"        rate({node_cost}{s}[5m])\n"
-                  f"      unless on (job, instance) {ns_cost}{s}\n"
-                  f"      unless on (job, instance) {unalloc}{s}\n"
+                  f"      unless on ({c}, job, instance) {ns_cost}{s}\n"
+                  f"      unless on ({c}, job, instance) {unalloc}{s}\n"
                   f"    )\n"
                   f") * 3600")},
-        {"record": r["node:gaudi_idle_cost_ratio:rate1h"].name,
-         "expr": (f"sum by ({NODE}) (rate({idle_cost}{s}[1h]))\n"
-                  f"/\n(sum by ({NODE}) (rate({hpu_cost}{s}[1h])) > 0)")},
-        {"record": r["cluster:gaudi_idle_cost_ratio:rate1h"].name,
-         "expr": (f"sum by (cluster) (rate({idle_cost}{s}[1h]))\n"
-                  f"/\n(sum by (cluster) (rate({hpu_cost}{s}[1h])) > 0)")},
+        # From the recorded increments: 12 samples per node instead of every HPU's raw samples over the hour.
+        {"record": r["node:gaudi_idle_cost_ratio:rate1h"].name, "expr": share_1h(node, "node")},
+        {"record": r["cluster:gaudi_idle_cost_ratio:rate1h"].name, "expr": share_1h(c, "cluster")},
         {"record": r["node:gaudi_hpu_utilization_ratio:avg"].name,
-         "expr": f"avg by ({NODE}) ({util}{s})"},
+         "expr": f"avg by ({node}) ({util}{s})"},
         {"record": r["cluster:gaudi_hpu_utilization_ratio:avg"].name,
-         "expr": f"avg by (cluster) ({util}{s})"},
+         "expr": f"avg by ({c}) ({util}{s})"},
         {"record": r["node:gaudi_cost_efficiency_ratio:avg5m"].name,
-         "expr": f"avg by ({NODE}) (\n  {eff_indented}\n)"},
+         "expr": f"avg by ({node}) (\n  {eff_indented}\n)"},
         {"record": r["cluster:gaudi_cost_efficiency_ratio:avg5m"].name,
-         "expr": f"avg by (cluster) (\n  {eff_indented}\n)"},
+         "expr": f"avg by ({c}) (\n  {eff_indented}\n)"},
         {"record": r["node:gaudi_spot_savings_usd_per_hour:rate5m"].name,
-         "expr": f"sum by ({NODE}) (rate({savings}{s}[5m])) * 3600"},
+         "expr": f"sum by ({node}) (rate({savings}{s}[5m])) * 3600"},
         {"record": r["cluster:gaudi_spot_savings_usd_per_hour:rate5m"].name,
-         "expr": f"sum by (cluster) ({_n('node:gaudi_spot_savings_usd_per_hour:rate5m')})"},
+         "expr": f"sum by ({c}) ({_n('node:gaudi_spot_savings_usd_per_hour:rate5m')})"},
+        # Exporter targets per cluster, so that absence is checked per cluster (GaudiExporterAbsent).
+        {"record": _n("cluster:gaudi_exporter_targets:count"), "expr": f"count by ({c}) (up{s})"},
         # Training throughput per job; `namespace` (the training pod's namespace, a target label its PodMonitor
         # adds) is kept so the cost of the job's namespace can be joined. A job scraped without one (namespace="")
         # is joined to the namespace="" cost: unallocated HPUs plus nodes without Kubernetes attribution.
         {"record": r["job:gaudi_training_samples:rate5m"].name,
-         "expr": f"sum by (cluster, namespace, job) (rate({samples}{ts}[5m]))"},
+         "expr": f"sum by ({c}, namespace, job) (rate({samples}{ts}[5m]))"},
         {"record": r["job:gaudi_training_cost_usd_per_sample:rate5m"].name,
          "expr": (f"({_n('namespace:gaudi_namespace_cost_usd_per_hour:rate5m')} / 3600)\n"
-                  f"/ on (cluster, namespace) group_right ()\n"
+                  f"/ on ({c}, namespace) group_right ()\n"
                   f"({_n('job:gaudi_training_samples:rate5m')} > 0)")},
     ]
 
@@ -142,26 +255,47 @@ def _alert(t: dict, name: str, expr: str, severity: str, category: str, summary:
     return rule
 
 
+def _coverage(t: dict, window: str) -> str:
+    """Share of `window` the recorded cluster increments cover (1 once the rules have run for the whole window)."""
+    return (f"count_over_time({_inc('cluster:gaudi_node_cost_usd:increase5m')}[{window}]) * {_step(t)[1]} / "
+            f"{_num(duration_seconds(window))}")
+
+
+def _partial_note(t: dict, window: str) -> str:
+    """An alert-text suffix that says "partial" while the recorded increments cover less than the window."""
+    c = _c(t)
+    q = (f"count_over_time({_inc('cluster:gaudi_node_cost_usd:increase5m')}{{{c}=%q}}[{window}]) * {_step(t)[1]} / "
+         f"{_num(duration_seconds(window))}")
+    return ('{{ with printf "' + q + '" $labels.' + c + ' | query }}{{ with . | first | value }}'
+            '{{ if lt . ' + _num(COVERAGE_MIN) + ' }} Partial: recorded cost covers only '
+            '{{ . | humanizePercentage }} of the ' + window + ' window (the rules have not run that long), so this '
+            'is a lower bound.{{ end }}{{ end }}{{ end }}')
+
+
 def _budget_alerts(t: dict, period: str, budget: float, scope: str, metric: str, selector: str, by: str,
                    namespace: str | None) -> list[dict]:
     p = t["budgets"][period]
     window, horizon, burn = p["window"], p["forecast_horizon"], p["burn_rate_window"]
     kept = format_duration(duration_seconds(window) - duration_seconds(horizon))
     horizon_s = _num(duration_seconds(horizon))
-    spend = f"sum by ({by}) (increase({metric}{selector}[{window}]))"
-    forecast = (f"  sum by ({by}) (increase({metric}{selector}[{kept}]))\n"
-                f"+ sum by ({by}) (rate({metric}{selector}[{burn}])) * {horizon_s}")
+    # Sums of recorded 5-minute increments: samples per evaluation = series x window / 5m, whatever the fleet
+    # size. Spend is a sum (missing increments make it a lower bound, said "partial"); the burn rate is the mean
+    # increment per second over the burn window, which missing increments do not bias.
+    spend = f"sum by ({by}) (sum_over_time({metric}{selector}[{window}]))"
+    forecast = (f"  sum by ({by}) (sum_over_time({metric}{selector}[{kept}]))\n"
+                f"+ sum by ({by}) (avg_over_time({metric}{selector}[{burn}])) / {_step(t)[1]} * {horizon_s}")
     title = "Daily" if period == "daily" else "Monthly"
     prefix = "GaudiNamespace" if namespace else "Gaudi"
-    who = (f"namespace {namespace}" if namespace else "the Gaudi fleet") + CLUSTER
+    who = (f"namespace {namespace}" if namespace else "the Gaudi fleet") + _cluster_text(t)
     values = {"who": who, "Who": who[0].upper() + who[1:], "window": window, "horizon": horizon, "burn": burn,
               "budget": _num(budget)}
     labels = {"period": period}
+    note = _partial_note(t, window)
     return [
         _alert(t, f"{prefix}{title}BudgetExceeded", f"{spend} > {_num(budget)}", "critical", "budget",
                _t(f"{scope} Gaudi spend over the last [[window]] is over its budget.", **values),
                _t("[[Who]] spent {{ $value | printf \"%.2f\" }} USD over the last [[window]], over its budget of "
-                  "[[budget]] USD.", **values),
+                  "[[budget]] USD.", **values) + note,
                p["exceeded_for"], labels),
         _alert(t, f"{prefix}{title}BudgetForecastExceeded", f"(\n{forecast}\n) > {_num(budget)}", "warning",
                "budget",
@@ -169,25 +303,46 @@ def _budget_alerts(t: dict, period: str, budget: float, scope: str, metric: str,
                   **values),
                _t("At the burn rate of the last [[burn]], [[who]] will have spent {{ $value | printf \"%.2f\" }} "
                   "USD over a [[window]] window [[horizon]] from now, over its budget of [[budget]] USD.",
-                  **values),
+                  **values) + note,
                p["forecast_for"], labels),
     ]
 
 
+def _cluster_text(t: dict) -> str:
+    c = _c(t)
+    return "{{ with $labels." + c + " }} in cluster {{ . }}{{ end }}"
+
+
 def budget_alerts(t: dict) -> list[dict]:
-    s = t["exporter_selector"]
+    c = _c(t)
     out: list[dict] = []
     for period in ("daily", "monthly"):
         budget = t["budgets"]["cluster"][f"{period}_usd"]
         if budget is not None:
-            out += _budget_alerts(t, period, budget, "Cluster", _n("gaudi_node_cost_usd_total"), _sel(s),
-                                  "cluster", None)
+            out += _budget_alerts(t, period, budget, "Cluster", _inc("cluster:gaudi_node_cost_usd:increase5m"), "",
+                                  c, None)
     for period in ("daily", "monthly"):
         for ns, b in sorted(t["budgets"]["namespaces"].items()):
             if b[f"{period}_usd"] is not None:
                 out += _budget_alerts(t, period, b[f"{period}_usd"], "Namespace",
-                                      _n("gaudi_namespace_cost_usd_total"), _sel(s, f'namespace="{ns}"'),
-                                      "cluster, namespace", ns)
+                                      _inc("namespace:gaudi_namespace_cost_usd:increase5m"),
+                                      _sel(f'namespace="{ns}"'), f"{c}, namespace", ns)
+    # While the recorded increments do not yet cover a budget window (a new install, or rules added recently),
+    # the budget alerts over it see a lower bound: say so rather than under-report silently.
+    for period in ("daily", "monthly"):
+        budgets = [t["budgets"]["cluster"][f"{period}_usd"],
+                   *(b[f"{period}_usd"] for b in t["budgets"]["namespaces"].values())]
+        if all(b is None for b in budgets):
+            continue
+        window = t["budgets"][period]["window"]
+        out.append(_alert(
+            t, f"Gaudi{'Daily' if period == 'daily' else 'Monthly'}BudgetWindowPartial",
+            f"{_coverage(t, window)} < {_num(COVERAGE_MIN)}", "info", "budget",
+            f"The {window} budget window is only partly recorded: budget alerts over it see a lower bound.",
+            _t("Recorded Gaudi cost" + _cluster_text(t) + " covers {{ $value | humanizePercentage }} of the "
+               "[[window]] budget window (the recording rules have not run that long, or evaluations were missed): "
+               "spend and forecast over [[window]] are partial until it is full.", window=window),
+            None, {"period": period}))
     return out
 
 
@@ -196,9 +351,10 @@ HPU = "HPU {{ $labels.hpu }} ({{ $labels.uuid }}) on " + ON_NODE
 
 
 def efficiency_alerts(t: dict) -> list[dict]:
-    s = _sel(t["exporter_selector"])
+    base = t["exporter_selector"]
     e, i = t["efficiency"], t["idle"]
-    idle_cost, hpu_cost = _n("gaudi_hpu_idle_cost_usd_total"), _n("gaudi_hpu_cost_usd_total")
+    c, n, node = _c(t), t["node_label"], _node(t)
+    held = _sel(base, 'pod!=""')
     w = i["cost_share_window"]
     return [
         _alert(t, "GaudiEfficiencyBelowFloor",
@@ -208,18 +364,24 @@ def efficiency_alerts(t: dict) -> list[dict]:
                   "utilisation + 0.3 x HBM use, against a target of [[target]]), below the floor of [[floor]] "
                   "for [[for]].", target=_pct(e["target"]), floor=_pct(e["floor"]), **{"for": e["for"]}),
                e["for"]),
-        _alert(t, "GaudiHpuIdle", f"{_n('gaudi_hpu_utilization_ratio')}{s} < {_num(i['utilization_floor'])}",
-               "warning", "efficiency", "A Gaudi HPU is powered (or allocated) but idle.",
-               _t(HPU + "{{ with $labels.pod }}, held by pod {{ $labels.namespace }}/{{ . }},{{ end }} has been "
-                  "below [[floor]] utilisation for [[for]] (now {{ $value | humanizePercentage }}); it is paid "
-                  "for and doing nothing.", floor=_pct(i["utilization_floor"]), **{"for": i["for"]}),
+        # One alert per pod holding idle HPUs (what a person acts on), not one per idle HPU: unallocated HPUs
+        # (no pod) are capacity, shown on the fleet dashboard, and would page 1,311 times at 1,000 nodes.
+        _alert(t, "GaudiHpuIdle",
+               (f"count by ({node}, namespace, pod) (\n"
+                f"  {_n('gaudi_hpu_utilization_ratio')}{held} < {_num(i['utilization_floor'])}\n"
+                f")"),
+               "warning", "efficiency", "A pod holds Gaudi HPUs that are idle.",
+               _t("Pod {{ $labels.namespace }}/{{ $labels.pod }} on " + ON_NODE + " holds {{ $value }} HPU(s) "
+                  "below [[floor]] utilisation for [[for]]; they are paid for and doing nothing.",
+                  floor=_pct(i["utilization_floor"]), **{"for": i["for"]}),
                i["for"]),
+        # From the recorded per-node increments, grouped by the node name (not instance, which a rollout renames).
         _alert(t, "GaudiIdleCostShareHigh",
-               (f"  sum by ({NODE}) (increase({idle_cost}{s}[{w}]))\n"
-                f"/\n  (sum by ({NODE}) (increase({hpu_cost}{s}[{w}])) > 0)\n"
+               (f"  sum by ({c}, {n}) (sum_over_time({_inc('node:gaudi_hpu_idle_cost_usd:increase5m')}[{w}]))\n"
+                f"/\n  (sum by ({c}, {n}) (sum_over_time({_inc('node:gaudi_hpu_cost_usd:increase5m')}[{w}])) > 0)\n"
                 f"> {_num(i['cost_share_max'])}"),
                "info", "efficiency", "Much of a Gaudi node's cost is spent on idle HPUs.",
-               _t("{{ $value | humanizePercentage }} of the HPU cost of node " + ON_NODE + " over the last "
+               _t("{{ $value | humanizePercentage }} of the HPU cost of node {{ $labels." + n + " }} over the last "
                   "[[w]] paid for idle HPUs (limit [[max]]).", w=w, max=_pct(i["cost_share_max"])),
                i["cost_share_for"]),
     ]
@@ -230,10 +392,12 @@ def spot_alerts(t: dict) -> list[dict]:
     s = _sel(base)
     sp = t["spot"]
     at_risk = _n("gaudi_cost_at_risk_usd")
-    when = ('{{ with printf "' + _n("gaudi_spot_interruption_time_seconds") +
-            '{instance=%q,job=%q}" $labels.instance $labels.job | query }}{{ with . | first | value }}'
+    c = _c(t)
+    target = "{" + c + "=%q,instance=%q,job=%q}\" $labels." + c + " $labels.instance $labels.job"
+    when = ('{{ with printf "' + _n("gaudi_spot_interruption_time_seconds") + target + ' | query }}'
+            '{{ with . | first | value }}'
             '{{ if gt . 0.0 }} at {{ . | humanizeTimestamp }}{{ end }}{{ end }}{{ end }}')
-    risk = ('{{ with printf "' + at_risk + '{instance=%q,job=%q}" $labels.instance $labels.job | query }}'
+    risk = ('{{ with printf "' + at_risk + target + ' | query }}'
             ' {{ . | first | value | printf "%.2f" }} USD of work since the last checkpoint is at risk.{{ end }}')
     return [
         _alert(t, "GaudiSpotInterruptionNotice", f"{_n('gaudi_spot_interruption_pending')}{s} == 1",
@@ -246,7 +410,7 @@ def spot_alerts(t: dict) -> list[dict]:
                "elevated. Checkpoint and plan to move the job.", None),
         _alert(t, "GaudiSpotCostAtRiskHigh",
                (f"{at_risk}{s} > {_num(sp['cost_at_risk_max_usd'])}\n"
-                f"and on (job, instance)\n"
+                f"and on ({_c(t)}, job, instance)\n"
                 f"{_n('gaudi_node_price_usd_per_hour')}{_sel(base, SPOT)}"),
                "warning", "spot", "Too much unsaved work on a Gaudi spot node.",
                _t("Spot node " + ON_NODE + " has accrued {{ $value | printf \"%.2f\" }} USD since the last "
@@ -264,6 +428,7 @@ def health_alerts(t: dict) -> list[dict]:
     ports = "|".join(str(p) for p in sorted(nic["ignore_ports"]))
     nic_sel = _sel(base, f'port!~"{ports}"') if ports else s
     stamp = _n("gaudi_pricing_last_success_timestamp_seconds")
+    c, targets = _c(t), _n("cluster:gaudi_exporter_targets:count")
     od = f'"{ON_DEMAND_SOURCE}"'
     return [
         _alert(t, "GaudiExporterDown", f"up{s} == 0", "critical", "health",
@@ -271,10 +436,24 @@ def health_alerts(t: dict) -> list[dict]:
                _t("Prometheus has failed to scrape the Gaudi exporter at " + ON_NODE + " for [[for]]: this "
                   "node's HPU health, cost and spot notices are not being seen.", **{"for": h["exporter_down_for"]}),
                h["exporter_down_for"]),
-        _alert(t, "GaudiExporterAbsent", f"absent(up{s})", "critical", "health",
+        # Per cluster: a cluster that had exporter targets within the last day and has none now (one cluster of a
+        # global view losing its exporters leaves absent() silent), or none anywhere for a day (a new install).
+        _alert(t, "GaudiExporterAbsent",
+               (f"(\n"
+                f"    group by ({c}) (max_over_time({targets}[1d]))\n"
+                f"  unless on ({c})\n"
+                f"    {targets}\n"
+                f")\n"
+                f"or\n"
+                f"(\n"
+                f"    absent(up{s})\n"
+                f"  unless on ()\n"
+                f"    max_over_time({targets}[1d])\n"
+                f")"),
+               "critical", "health",
                "No Gaudi exporter target is known to Prometheus.",
-               _t("Prometheus has had no target matching [[sel]] for [[for]]: no Gaudi node is monitored and no "
-                  "cost is counted.", sel=base, **{"for": h["exporter_absent_for"]}),
+               _t("Prometheus has had no target matching [[sel]]" + _cluster_text(t) + " for [[for]]: no Gaudi node "
+                  "there is monitored and no cost is counted.", sel=base, **{"for": h["exporter_absent_for"]}),
                h["exporter_absent_for"]),
         _alert(t, "GaudiCollectorFailing", f"{_n('gaudi_exporter_collector_success')}{s} == 0", "warning",
                "health", "A Gaudi exporter collector keeps failing.",
@@ -327,8 +506,9 @@ def health_alerts(t: dict) -> list[dict]:
                   "(limit [[max]]); its results cannot be trusted until it is reset.",
                   max=_num(ecc["uncorrected_max"])),
                None),
+        # From the recorded per-HPU 5-minute increments (pod labels summed away): 12 samples per HPU per hour.
         _alert(t, "GaudiHpuEccCorrectedHigh",
-               f"increase({_n('gaudi_hpu_ecc_errors_total')}{_sel(base, CORRECTED)}"
+               f"sum_over_time({_inc('hpu:gaudi_hpu_ecc_errors:increase5m')}{{{CORRECTED}}}"
                f"[{ecc['corrected_window']}]) > {_num(ecc['corrected_max'])}",
                "warning", "health", "A Gaudi HPU corrects many memory errors.",
                _t(HPU + " corrected {{ $value | printf \"%.0f\" }} ECC errors in the last [[w]] (limit [[max]]): "
@@ -348,10 +528,19 @@ def _hpu_health(t: dict) -> list[dict]:
     return hpu_health_alerts(t)
 
 
-def groups(t: dict) -> dict[str, list[dict]]:
-    """Rule files by name, each a list of rule groups."""
+def groups(t: dict, increment_step: str = STEP) -> dict[str, list[dict]]:
+    """Rule files by name, each a list of rule groups.
+
+    ``increment_step`` shortens the increments (group interval and window) for tests and demos that cannot wait 5
+    minutes; the recorded names keep saying 5m, so anything else is for those only.
+    """
+    t = {**t, "_increment_step": increment_step}
     return {
-        "prometheus_rules.yaml": [{"name": "gaudi-exporter.rules", "rules": recording_rules(t)}],
+        "prometheus_rules.yaml": [
+            # evaluated every STEP exactly: the increments tile time only at that interval
+            {"name": INCREMENTS_GROUP, "interval": _step(t)[0], "rules": increment_rules(t)},
+            {"name": "gaudi-exporter.rules", "rules": recording_rules(t)},
+        ],
         "prometheus_alerts.yaml": [
             {"name": "gaudi-exporter.budget", "rules": budget_alerts(t)},
             {"name": "gaudi-exporter.efficiency", "rules": efficiency_alerts(t)},

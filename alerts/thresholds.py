@@ -52,6 +52,8 @@ NUMBER = _Type("a non-negative number", _number)
 RATIO = _Type("a ratio between 0 and 1", _ratio)
 SELECTOR = _Type('PromQL label matchers such as job="gaudi-exporter"',
                  lambda v: isinstance(v, str) and bool(_SELECTOR.match(v)))
+LABEL = _Type("a Prometheus label name such as cluster",
+              lambda v: isinstance(v, str) and bool(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", v)))
 URL = _Type("an http(s) URL", lambda v: isinstance(v, str) and v.startswith(("http://", "https://")))
 PORTS = _Type("a list of port numbers", lambda v: isinstance(v, list) and all(
     isinstance(p, int) and not isinstance(p, bool) and p >= 0 for p in v))
@@ -71,6 +73,8 @@ _PERIOD = {"window": DURATION, "forecast_horizon": DURATION, "burn_rate_window":
 SCHEMA: dict[str, Any] = {
     "exporter_selector": SELECTOR,
     "training_selector": SELECTOR,
+    "cluster_label": LABEL,
+    "node_label": LABEL,
     "runbook_url": URL,
     "budgets": {"cluster": _BUDGET, "namespaces": _MapOf(_BUDGET), "daily": _PERIOD, "monthly": _PERIOD},
     "efficiency": {"target": RATIO, "floor": RATIO, "for": DURATION},

@@ -248,6 +248,26 @@ RECORDED: dict[str, Recorded] = {r.name: r for r in [
     Recorded("cluster:gaudi_spot_savings_usd_per_hour:rate5m", "Fleet spot savings rate, USD per hour."),
     Recorded("job:gaudi_training_samples:rate5m", "Training throughput, samples per second."),
     Recorded("job:gaudi_training_cost_usd_per_sample:rate5m", "Cost of one training sample, USD."),
+    Recorded("cluster:gaudi_exporter_targets:count", "Exporter scrape targets per cluster (absence is checked "
+             "per cluster)."),
+    # 5-minute increments (group gaudi-exporter.increments, evaluated every 5m): every long window sums these.
+    Recorded("node:gaudi_node_cost_usd:increase5m", "Node cost over each 5 minutes, USD."),
+    Recorded("node:gaudi_hpu_cost_usd:increase5m", "HPU cost of a node over each 5 minutes, USD."),
+    Recorded("node:gaudi_hpu_idle_cost_usd:increase5m", "Idle HPU cost of a node over each 5 minutes, USD."),
+    Recorded("node:gaudi_hpu_busy_seconds:increase5m", "Busy HPU-seconds of a node over each 5 minutes."),
+    Recorded("node:gaudi_hpu_up_seconds:sum5m", "HPU-seconds a node's HPUs were up over each 5 minutes."),
+    Recorded("node:gaudi_spot_savings_usd:increase5m", "Spot savings of a node over each 5 minutes, USD."),
+    Recorded("node:gaudi_hpu_throttled_seconds:sum5m", "Throttled HPU-seconds of a node by reason over each 5 "
+             "minutes."),
+    Recorded("hpu:gaudi_hpu_ecc_errors:increase5m", "ECC errors of an HPU by type over each 5 minutes (pod labels "
+             "summed away)."),
+    Recorded("node:gaudi_hpu_ecc_errors:increase5m", "ECC errors of a node's HPUs by type over each 5 minutes."),
+    Recorded("namespace:gaudi_namespace_cost_usd:increase5m", "Cost per namespace over each 5 minutes, USD "
+             "(unallocated cost under namespace=\"\")."),
+    Recorded("cluster:gaudi_node_cost_usd:increase5m", "Cost of all Gaudi nodes over each 5 minutes, USD."),
+    Recorded("cluster:gaudi_hpu_cost_usd:increase5m", "HPU cost of the fleet over each 5 minutes, USD."),
+    Recorded("cluster:gaudi_hpu_idle_cost_usd:increase5m", "Idle HPU cost of the fleet over each 5 minutes, USD."),
+    Recorded("cluster:gaudi_spot_savings_usd:increase5m", "Spot savings of the fleet over each 5 minutes, USD."),
 ]}
 
 
