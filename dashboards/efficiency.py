@@ -21,8 +21,13 @@ SAMPLES = metric("gaudi_training_samples_total")
 TOKENS = metric("gaudi_training_tokens_total")
 SAMPLES_RATE = metric("job:gaudi_training_samples:rate5m")
 COST_PER_SAMPLE = metric("job:gaudi_training_cost_usd_per_sample:rate5m")
+BUSY_INC = metric("node:gaudi_hpu_busy_seconds:increase5m")
+UP_INC = metric("node:gaudi_hpu_up_seconds:sum5m")
+IDLE_INC = metric("node:gaudi_hpu_idle_cost_usd:increase5m")
 
-COST_RATE = f"sum(rate({COST}{{{NODE_SEL}}}[$__rate_interval]))"  # USD per second
+NODE_RATE = metric("node:gaudi_node_cost_usd_per_hour:rate5m")
+# USD per second from the recorded 5m rate: computed once by the rules, not again by each panel over raw counters
+COST_RATE = f"sum({NODE_RATE}{{{NODE_SEL}}}) / 3600"
 
 
 def _score_steps(floor: float) -> list[dict]:
@@ -47,16 +52,18 @@ def build(s: Settings) -> P.Board:
                      links=[P.link("Devices of ${__field.labels.instance}", "gaudi-fleet",
                                    node="${__field.labels.instance}")]),
         P.stat("Busy HPU-hours (range)", P.HOURS,
-               [Q(f"sum(increase({BUSY}{{{DEVICE_SEL}}}[$__range])) / 3600", "busy", instant=True)], w=4, h=7,
-               decimals=2, thresholds=P.steps(("green", None))),
+               [Q(f"sum(sum_over_time({BUSY_INC}{{{NODE_SEL}}}[$__range])) / 3600", "busy", instant=True)], w=4,
+               h=7, decimals=2, thresholds=P.steps(("green", None)),
+               description="Busy HPU-seconds of the selected nodes, from the recorded 5-minute increments."),
         P.stat("Idle HPU-hours (range)", P.HOURS,
-               [Q(f"clamp_min(sum(sum_over_time(({UP}{{{DEVICE_SEL}}} == bool 1)[$__range:$__interval])) "
-                  f"* $__interval_ms / 3.6e6 - sum(increase({BUSY}{{{DEVICE_SEL}}}[$__range])) / 3600, 0)", "idle",
-                  instant=True)],
+               [Q(f"clamp_min(sum(sum_over_time({UP_INC}{{{NODE_SEL}}}[$__range])) - "
+                  f"sum(sum_over_time({BUSY_INC}{{{NODE_SEL}}}[$__range])), 0) / 3600", "idle", instant=True)],
                w=4, h=7, decimals=2, thresholds=P.steps(("orange", None)),
-               description="HPU-hours the devices were up (sampled every $__interval) minus busy HPU-hours."),
+               description="HPU-hours the selected nodes' devices were up minus busy HPU-hours (recorded 5-minute "
+                           "increments)."),
     ]
-    busy_share = f"sum(rate({BUSY}{{{DEVICE_SEL}}}[$__rate_interval])) / count({UTIL}{{{DEVICE_SEL}}})"
+    # from the recorded increments: one rate computed once per node per 5m, not a rate of every HPU's counter
+    busy_share = f"sum({BUSY_INC}{{{NODE_SEL}}}) / sum({UP_INC}{{{NODE_SEL}}})"
     load = (f"0.7 * avg({UTIL}{{{DEVICE_SEL}}}) + 0.3 * sum({MEM}{{{DEVICE_SEL}}}) / "
             f"sum({MEM_TOTAL}{{{DEVICE_SEL}}})")
     second = [
@@ -67,15 +74,15 @@ def build(s: Settings) -> P.Board:
                      w=8, stack=True, min_=0, max_=1, fill=60,
                      description="Share of HPU time spent busy (utilisation integrated over time) and idle."),
         P.timeseries("Idle cost rate (USD/h)", P.USD,
-                     [Q(f"sum by (instance) (rate({IDLE}{{{DEVICE_SEL}}}[$__rate_interval])) * 3600",
-                        "{{instance}}")], w=8, stack=True, min_=0),
+                     [Q(f"sum by (instance) ({IDLE_INC}{{{NODE_SEL}}}) * 12", "{{instance}}")], w=8, stack=True,
+                     min_=0, description="Recorded 5-minute idle cost increments x 12."),
     ]
     training = [
         P.stat("Training throughput", "suffix: samples/s",
                [Q(f"sum({SAMPLES_RATE}{{{CLUSTER_SEL}}})", "samples/s", instant=True)], w=4, h=8,
                needs=[P.TRAINING], decimals=1, thresholds=P.steps(("green", None)), graph=True),
         P.timeseries("Cost per 1,000 samples", P.USD,
-                     [Q(f"{COST_RATE} / sum(rate({SAMPLES}{{{CLUSTER_SEL}}}[$__rate_interval])) * 1000",
+                     [Q(f"{COST_RATE} / sum({SAMPLES_RATE}{{{CLUSTER_SEL}}}) * 1000",
                         "selected nodes")], w=7, min_=0, needs=[P.TRAINING],
                      description="Cost rate of the selected nodes divided by the samples the training jobs "
                                  "report (gaudi_training_samples_total)."),

@@ -27,6 +27,7 @@ LINK_WIDTH, LINK_MAX_WIDTH = metric("gaudi_hpu_pcie_link_width"), metric("gaudi_
 LINK_GEN, LINK_MAX_GEN = metric("gaudi_hpu_pcie_link_generation"), metric("gaudi_hpu_pcie_link_max_generation")
 THROTTLE_SECONDS = metric("gaudi_hpu_throttle_seconds_total")
 READ_ERRORS = metric("gaudi_hpu_read_errors_total")
+ECC_INC = metric("hpu:gaudi_hpu_ecc_errors:increase5m")
 
 DEV = "{{instance}} hpu {{hpu}}"
 UTIL_STEPS = P.steps(("red", None), ("orange", 0.2), ("yellow", 0.5), ("green", 0.8))
@@ -38,20 +39,31 @@ def build(s: Settings) -> P.Board:
                      node="${__field.labels.instance}", hpu="${__field.labels.hpu}")]
     health = [
         P.stat("HPUs up", P.COUNT, [Q(f"count({UP}{{{DEVICE_SEL}}} == 1) or vector(0)", "up", instant=True)],
-               thresholds=P.steps(("green", None))),
+               w=3, thresholds=P.steps(("green", None))),
         P.stat("HPUs lost", P.COUNT, [Q(f"count({UP}{{{DEVICE_SEL}}} == 0) or vector(0)", "lost", instant=True)],
-               thresholds=P.steps(("green", None), ("red", 1)),
+               w=3, thresholds=P.steps(("green", None), ("red", 1)),
                description="Devices seen before that the driver no longer reads (gaudi_hpu_up 0)."),
+        P.stat("Unallocated HPUs", P.COUNT,
+               [Q(f'count({UP}{{{DEVICE_SEL}, pod=""}} == 1) or vector(0)', "unallocated", instant=True)], w=3,
+               thresholds=P.steps(("green", None)),
+               description="HPUs up that no pod holds: capacity to schedule on, or to shrink. GaudiHpuIdle pages "
+                           "only for idle HPUs a pod holds; on nodes without Kubernetes attribution every HPU counts "
+                           "here."),
         P.stat("Mean utilisation", P.RATIO, [Q(f"avg({UTIL}{{{DEVICE_SEL}}})", "mean", instant=True)],
-               thresholds=UTIL_STEPS, decimals=0),
+               w=3, thresholds=UTIL_STEPS, decimals=0),
         P.stat("Throttled HPUs", P.COUNT,
                [Q(f"count(max by (instance, hpu) ({THROTTLED}{{{DEVICE_SEL}}}) == 1) or vector(0)", "throttled",
-                  instant=True)], thresholds=P.steps(("green", None), ("orange", 1))),
-        P.stat("Uncorrectable ECC (range)", P.COUNT,
-               [Q(f'sum(increase({ECC}{{{DEVICE_SEL}, type="uncorrected"}}[$__range])) or vector(0)', "ECC",
-                  instant=True)], thresholds=P.steps(("green", None), ("red", 1)), decimals=0),
+                  instant=True)], w=4, thresholds=P.steps(("green", None), ("orange", 1))),
+        # The same condition as GaudiHpuEccUncorrectable (the counter since driver load above the limit), not an
+        # increase over the range, which shows 0 for a count that was already non-zero when the range began.
+        P.stat("HPUs with uncorrectable ECC", P.COUNT,
+               [Q(f'count(max by (cluster, job, instance, hpu, uuid) ({ECC}{{{DEVICE_SEL}, type="uncorrected"}}) '
+                  f"> {s.ecc_uncorrected_max:g}) or vector(0)", "ECC", instant=True)],
+               w=4, thresholds=P.steps(("green", None), ("red", 1)), decimals=0,
+               description="HPUs whose uncorrectable ECC count since driver load is over ecc.uncorrected_max "
+                           f"({s.ecc_uncorrected_max:g}, {s.source}): the HPUs GaudiHpuEccUncorrectable fires for."),
         P.stat("NIC ports down", P.COUNT,
-               [Q(f'sum({NIC_PORTS}{{{DEVICE_SEL}, state="down"}}) or vector(0)', "down", instant=True)],
+               [Q(f'sum({NIC_PORTS}{{{DEVICE_SEL}, state="down"}}) or vector(0)', "down", instant=True)], w=4,
                thresholds=P.steps(("green", None), ("red", 1)), decimals=0),
     ]
     util = [
@@ -88,9 +100,10 @@ def build(s: Settings) -> P.Board:
                          mappings=P.value_map({"0": ("no", "green"), "1": ("throttled", "red")})),
     ]
     faults = [
-        P.timeseries("ECC errors (rate of change, per hour)", P.COUNT,
-                     [Q(f"sum by (instance, hpu, type) (rate({ECC}{{{DEVICE_SEL}}}[$__rate_interval])) * 3600",
-                        "{{instance}} hpu {{hpu}} {{type}}")], w=8, min_=0),
+        P.timeseries("ECC errors (per hour, in 5-minute steps)", P.COUNT,
+                     [Q(f'sum by (instance, hpu, type) ({ECC_INC}{{{NODE_SEL}, hpu=~"$hpu"}}) * 12',
+                        "{{instance}} hpu {{hpu}} {{type}}")], w=8, min_=0,
+                     description="The recorded 5-minute increments per HPU (pod labels summed away) x 12."),
         P.state_timeline("NIC ports down by device", P.COUNT,
                          [Q(f'sum by (instance, hpu) ({NIC_PORTS}{{{DEVICE_SEL}, state="down"}})', DEV)], w=8,
                          thresholds=P.steps(("green", None), ("red", 1)), min_=0),
@@ -129,6 +142,7 @@ def build(s: Settings) -> P.Board:
                                  "(gaudi_hpu_throttle_seconds_total); GaudiHpuThrottleTimeHigh fires on it."),
     ]
     return P.dashboard(UID, TITLE, "Load, memory, power, temperature and faults of every HPU; click a node or a "
-                       "device to drill down.", [health, util, timeline, memory_power, thermal, faults,
-                                                      device_health],
-                       annotations=P.spot_annotations())
+                       "device to drill down. Per-device panels show the selected nodes (the first by default, "
+                       "not the whole fleet) over the last hour.",
+                       [health, util, timeline, memory_power, thermal, faults, device_health],
+                       annotations=P.spot_annotations(), time_from="now-1h", node_all=False)

@@ -332,12 +332,12 @@ def layout(rows: Sequence[Sequence[Panel]]) -> list[Panel]:
 # --- variables, links, annotations, dashboard ----------------------------------------------------------------------
 
 
-def _variable(name: str, label: str, query: str, *, all_value: str = ".*") -> G.Template:
-    return G.Template(name=name, label=label, query=query, dataSource=DS, includeAll=True, multi=True,
-                      allValue=all_value, refresh=2, sort=3, default="$__all")
+def _variable(name: str, label: str, query: str, *, all_value: str = ".*", include_all: bool = True) -> G.Template:
+    return G.Template(name=name, label=label, query=query, dataSource=DS, includeAll=include_all, multi=True,
+                      allValue=all_value, refresh=2, sort=3, default="$__all" if include_all else None)
 
 
-def variables(extra: Sequence[G.Template] = ()) -> list[G.Template]:
+def variables(extra: Sequence[G.Template] = (), node_all: bool = True) -> list[G.Template]:
     """datasource -> cluster -> job -> node -> namespace -> hpu, each one's values filtered by those before it."""
     up = metric("gaudi_hpu_up")
     util = metric("gaudi_hpu_utilization_ratio")
@@ -345,7 +345,9 @@ def variables(extra: Sequence[G.Template] = ()) -> list[G.Template]:
         G.Template(name="datasource", label="Data source", query="prometheus", type="datasource"),
         _variable("cluster", "Cluster", f"label_values({metric('gaudi_exporter_build_info')}, cluster)"),
         _variable("job", "Job", f"label_values({up}{{{CLUSTER_SEL}}}, job)"),
-        _variable("node", "Node", f'label_values({up}{{{CLUSTER_SEL}, job=~"$job"}}, instance)'),
+        # node_all=False: per-HPU boards start on one node (the first), not "All" across a 1,000-node fleet
+        _variable("node", "Node", f'label_values({up}{{{CLUSTER_SEL}, job=~"$job"}}, instance)',
+                  include_all=node_all),
         _variable("namespace", "Namespace", f"label_values({util}{{{NODE_SEL}}}, namespace)"),
         _variable("hpu", "HPU", f'label_values({util}{{{NODE_SEL}, namespace=~"$namespace"}}, hpu)'),
         *extra,
@@ -363,7 +365,8 @@ def _variable_json(t: G.Template) -> dict[str, Any]:
     else:
         j["definition"] = j["query"]
         j["query"] = {"query": j["query"], "refId": "PrometheusVariableQueryEditor-VariableQuery", "qryType": 1}
-        j["current"] = {"selected": True, "text": ["All"], "value": ["$__all"]}
+        j["current"] = ({"selected": True, "text": ["All"], "value": ["$__all"]} if j.get("includeAll")
+                        else {})
         j["regex"] = ""
     return _drop_none(j)
 
@@ -400,14 +403,14 @@ class Board:
 
 def dashboard(uid: str, title: str, description: str, rows: Sequence[Sequence[Panel]], *,
               extra_variables: Sequence[G.Template] = (), annotations: Sequence[dict[str, Any]] = (),
-              time_from: str = "now-6h", timezone: str = "browser") -> Board:
+              time_from: str = "now-6h", timezone: str = "browser", node_all: bool = True) -> Board:
     """``timezone="utc"`` where panels use calendar boundaries (now/d, now/M) that must match UTC PromQL."""
     placed = layout(rows)
     d = G.Dashboard(title=title, uid=uid, description=description, tags=[TAG], timezone=timezone,
                     time=G.Time(time_from, "now"), refresh="30s", graphTooltip=1, schemaVersion=SCHEMA_VERSION,
                     links=[G.DashboardLink(title="Gaudi dashboards", tags=[TAG], asDropdown=True,
                                            includeVars=True, keepTime=True, type="dashboards")],
-                    templating=G.Templating(list=variables(extra_variables)))
+                    templating=G.Templating(list=variables(extra_variables, node_all)))
     import json as _json
 
     j = _json.loads(_json.dumps(d.to_json_data(), cls=DashboardEncoder))

@@ -23,6 +23,7 @@ class Settings:
     idle_share_max: float
     aip_temperature_max_celsius: float
     cost_at_risk_max_usd: float
+    ecc_uncorrected_max: float  # GaudiHpuEccUncorrectable fires above it; the fleet panel counts the same HPUs
     source: str  # where the numbers came from, for panel descriptions
 
 
@@ -43,5 +44,6 @@ def load(path: Path | None = None) -> Settings:
         idle_share_max=float(t["idle"]["cost_share_max"]),
         aip_temperature_max_celsius=float(t["thermal"]["aip_temperature_max_celsius"]),
         cost_at_risk_max_usd=float(t["spot"]["cost_at_risk_max_usd"]),
+        ecc_uncorrected_max=float(t["ecc"]["uncorrected_max"]),
         source="alerts/thresholds.yaml" if path is None else Path(path).name,
     )

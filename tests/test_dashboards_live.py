@@ -19,6 +19,7 @@ import requests
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 import dashboards
+from alerts import build
 from dashboards import queries
 from dashboards.panels import KUBERNETES, SPOT, TRAINING
 from exporter import catalogue
@@ -90,11 +91,16 @@ def live_stack(tmp: Path, min_seconds: float = 20.0) -> Iterator[tuple[str, str]
     node_args = ["--backend", "simulated", "--pricing.source", "static", "--pricing.static.usd-per-hour", "19.92",
                  "--interval", "1", "--checkpoint.path", str(ckpt / "*.pt")]
     market_args = ["--mode", "market", "--market.source", str(MARKET_SAMPLE), "--interval", "1"]
+    # the committed rules, but with 5-second increments so the recorded series the panels read exist within
+    # the test (the 5-minute group would take up to 5 minutes to write its first)
+    rules_dir = tmp / "rules"
+    assert build.main(["--out", str(rules_dir), "--increment-step", "5s"]) == 0
+    rules = sorted(rules_dir.glob("prometheus_*.yaml"))
     with procs.exporter(node_args) as (_, node), procs.exporter(market_args) as (_, market), \
             training_job(procs.free_port()) as train:
         node_target = node.split("//", 1)[1]
         targets = {EXPORTER_JOB: [node_target], "gaudi-market": [market.split("//", 1)[1]], "training": [train]}
-        with procs.prometheus(tmp / "prom", targets, rule_files=RULES) as prom:
+        with procs.prometheus(tmp / "prom", targets, rule_files=rules) as prom:
             start = time.monotonic()
             used = {r for b in BOARDS for t in queries.panel_targets(b) for r in queries.metric_names(t.expr)
                     if r in catalogue.RECORDED}
