@@ -169,6 +169,8 @@ def increment_rules(t: dict) -> list[dict]:
         cluster("cluster:gaudi_hpu_cost_usd:increase5m", "node:gaudi_hpu_cost_usd:increase5m"),
         cluster("cluster:gaudi_hpu_idle_cost_usd:increase5m", "node:gaudi_hpu_idle_cost_usd:increase5m"),
         cluster("cluster:gaudi_spot_savings_usd:increase5m", "node:gaudi_spot_savings_usd:increase5m"),
+        cluster("cluster:gaudi_hpu_busy_seconds:increase5m", "node:gaudi_hpu_busy_seconds:increase5m"),
+        cluster("cluster:gaudi_hpu_up_seconds:sum5m", "node:gaudi_hpu_up_seconds:sum5m"),
     ]
 
 

@@ -24,6 +24,10 @@ COST_PER_SAMPLE = metric("job:gaudi_training_cost_usd_per_sample:rate5m")
 BUSY_INC = metric("node:gaudi_hpu_busy_seconds:increase5m")
 UP_INC = metric("node:gaudi_hpu_up_seconds:sum5m")
 IDLE_INC = metric("node:gaudi_hpu_idle_cost_usd:increase5m")
+# fleet-wide graphs read one series per cluster: per-node lines over the default 6h at 1,000 nodes are ~1 M samples
+CLUSTER_BUSY = metric("cluster:gaudi_hpu_busy_seconds:increase5m")
+CLUSTER_UP = metric("cluster:gaudi_hpu_up_seconds:sum5m")
+CLUSTER_IDLE = metric("cluster:gaudi_hpu_idle_cost_usd:increase5m")
 
 NODE_RATE = metric("node:gaudi_node_cost_usd_per_hour:rate5m")
 # USD per second from the recorded 5m rate: computed once by the rules, not again by each panel over raw counters
@@ -63,7 +67,7 @@ def build(s: Settings) -> P.Board:
                            "increments)."),
     ]
     # from the recorded increments: one rate computed once per node per 5m, not a rate of every HPU's counter
-    busy_share = f"sum({BUSY_INC}{{{NODE_SEL}}}) / sum({UP_INC}{{{NODE_SEL}}})"
+    busy_share = f"sum({CLUSTER_BUSY}{{{CLUSTER_SEL}}}) / sum({CLUSTER_UP}{{{CLUSTER_SEL}}})"
     load = (f"0.7 * avg({UTIL}{{{DEVICE_SEL}}}) + 0.3 * sum({MEM}{{{DEVICE_SEL}}}) / "
             f"sum({MEM_TOTAL}{{{DEVICE_SEL}}})")
     second = [
@@ -72,10 +76,13 @@ def build(s: Settings) -> P.Board:
                      description=f"The score's numerator; the line is efficiency.target {t:g} from {s.source}."),
         P.timeseries("Busy vs idle time", P.RATIO, [Q(busy_share, "busy"), Q(f"1 - {busy_share}", "idle")],
                      w=8, stack=True, min_=0, max_=1, fill=60,
-                     description="Share of HPU time spent busy (utilisation integrated over time) and idle."),
+                     description="Share of the selected clusters' HPU time spent busy (utilisation integrated over "
+                                 "time) and idle, from the recorded 5-minute increments."),
         P.timeseries("Idle cost rate (USD/h)", P.USD,
-                     [Q(f"sum by (instance) ({IDLE_INC}{{{NODE_SEL}}}) * 12", "{{instance}}")], w=8, stack=True,
-                     min_=0, description="Recorded 5-minute idle cost increments x 12."),
+                     [Q(f"sum by (cluster) ({CLUSTER_IDLE}{{{CLUSTER_SEL}}}) * 12", "{{cluster}}")], w=8,
+                     stack=True, min_=0,
+                     description="Idle HPU cost of the selected clusters: recorded 5-minute increments x 12. Per "
+                                 "node: 'Idle cost share by node' on the cost board."),
     ]
     training = [
         P.stat("Training throughput", "suffix: samples/s",

@@ -268,6 +268,8 @@ RECORDED: dict[str, Recorded] = {r.name: r for r in [
     Recorded("cluster:gaudi_hpu_cost_usd:increase5m", "HPU cost of the fleet over each 5 minutes, USD."),
     Recorded("cluster:gaudi_hpu_idle_cost_usd:increase5m", "Idle HPU cost of the fleet over each 5 minutes, USD."),
     Recorded("cluster:gaudi_spot_savings_usd:increase5m", "Spot savings of the fleet over each 5 minutes, USD."),
+    Recorded("cluster:gaudi_hpu_busy_seconds:increase5m", "Busy HPU-seconds of the fleet over each 5 minutes."),
+    Recorded("cluster:gaudi_hpu_up_seconds:sum5m", "HPU-seconds the fleet's HPUs were up over each 5 minutes."),
 ]}
 
 
