@@ -330,12 +330,9 @@ def budget_alerts(t: dict) -> list[dict]:
                                       _inc("namespace:gaudi_namespace_cost_usd:increase5m"),
                                       _sel(f'namespace="{ns}"'), f"{c}, namespace", ns)
     # While the recorded increments do not yet cover a budget window (a new install, or rules added recently),
-    # the budget alerts over it see a lower bound: say so rather than under-report silently.
+    # the budget alerts and the dashboards' long windows over it see a lower bound: say so rather than under-report
+    # silently. Always present (also without budgets: the 30-day panels read the same increments).
     for period in ("daily", "monthly"):
-        budgets = [t["budgets"]["cluster"][f"{period}_usd"],
-                   *(b[f"{period}_usd"] for b in t["budgets"]["namespaces"].values())]
-        if all(b is None for b in budgets):
-            continue
         window = t["budgets"][period]["window"]
         out.append(_alert(
             t, f"Gaudi{'Daily' if period == 'daily' else 'Monthly'}BudgetWindowPartial",
