@@ -6,13 +6,13 @@ the thresholds say. Output is deterministic (no timestamps, no paths) for that c
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import yaml
 
 from alerts import helm_template, rules, thresholds
+from exporter.argparser import Parser
 
 PACKAGE = Path(__file__).resolve().parent
 REPO = PACKAGE.parent
@@ -88,7 +88,7 @@ def chart_files(chart: Path, t: dict | None = None) -> dict[Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gaudi-exporter rules build",
+    ap = Parser(prog="gaudi-exporter rules build",
                                  description="Generate Prometheus rules and alerts from the thresholds file.")
     ap.add_argument("--thresholds", type=Path, default=None,
                     help="thresholds YAML (default: alerts/thresholds.yaml of this package)")

@@ -20,6 +20,7 @@ import yaml
 
 import dashboards
 from dashboards.panels import Board
+from exporter.argparser import Parser
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "dashboards" / "build"
@@ -87,7 +88,7 @@ def outputs(out: Path, configmaps: Path, thresholds: Path | None = None) -> dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gaudi-exporter dashboards build", description=__doc__,
+    ap = Parser(prog="gaudi-exporter dashboards build", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the dashboard JSON")
     ap.add_argument("--configmaps", type=Path, default=DEFAULT_CONFIGMAPS, help="directory for the ConfigMaps")

@@ -26,6 +26,7 @@ import requests  # noqa: E402
 import dashboards  # noqa: E402
 from dashboards import queries  # noqa: E402
 from dashboards.panels import Board  # noqa: E402
+from exporter.argparser import Parser
 
 BG, PANEL_BG, TEXT, GRID, DIM = "#111217", "#181b1f", "#d8d9da", "#2c3235", "#8e8e8e"
 COLOURS = {"green": "#73BF69", "red": "#F2495C", "orange": "#FF9830", "yellow": "#FADE2A", "blue": "#5794F2",
@@ -352,7 +353,7 @@ def render(board: Board, prom: Prom, out: Path) -> tuple[Path, list[str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="gaudi-exporter dashboards render", description=__doc__,
+    ap = Parser(prog="gaudi-exporter dashboards render", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     ap.add_argument("--out", type=Path, default=Path("docs/img"), help="directory for dashboard-<uid>.png")

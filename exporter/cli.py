@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
-from exporter import __version__
+from exporter import __version__, extras, preflight
+from exporter.argparser import Parser
 from exporter.config import GROUP_TITLES, OPTIONS, ConfigError, resolve
 
 log = logging.getLogger("gaudi_exporter")
 
-# subcommand -> {verb: "module:function"} (function(argv) -> exit code); None verb = no verb
-SUBCOMMANDS: dict[str, dict[str | None, str]] = {
-    "rules": {"build": "alerts.build:main"},
-    "dashboards": {"build": "dashboards.build:main", "render": "dashboards.render:main"},
-    "advise": {"batch-size": "exporter.advisor.batch_size:main", "precision": "exporter.advisor.precision:main",
-               "query": "exporter.advisor.prom:main"},
-    "report": {"run": "exporter.advisor.report:main", "regions": "exporter.market.report:main"},
+# subcommand -> {verb: ("module:function", extra it needs or None)}; function(argv) -> exit code
+SUBCOMMANDS: dict[str, dict[str, tuple[str, str | None]]] = {
+    "rules": {"build": ("alerts.build:main", None)},
+    "dashboards": {"build": ("dashboards.build:main", "dashboards"),
+                   "render": ("dashboards.render:main", "dashboards")},
+    "advise": {"batch-size": ("exporter.advisor.batch_size:main", "advisor"),
+               "precision": ("exporter.advisor.precision:main", "advisor"),
+               "query": ("exporter.advisor.prom:main", "advisor")},
+    "report": {"run": ("exporter.advisor.report:main", "advisor"),
+               "regions": ("exporter.market.report:main", None)},
 }
+COMMANDS = ("check-config", "metrics", *SUBCOMMANDS)
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+
+def build_parser() -> Parser:
+    p = Parser(
         prog="gaudi-exporter",
         description="Prometheus exporter for Intel Gaudi nodes: HPU telemetry, live cost, idle cost and spot risk. "
         "Serves /metrics from a cache refreshed every --interval seconds.",
@@ -54,27 +61,42 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(argv: list[str]) -> int:
     cmd, rest = argv[0], argv[1:]
     verbs = SUBCOMMANDS[cmd]
-    if not rest or rest[0] in ("-h", "--help") or rest[0] not in verbs:
-        names = ", ".join(v for v in verbs if v)
-        print(f"usage: gaudi-exporter {cmd} {{{names}}} [options]", file=sys.stderr)
-        return 0 if rest and rest[0] in ("-h", "--help") else 2
-    target = verbs[rest[0]]
+    usage = f"usage: gaudi-exporter {cmd} {{{','.join(verbs)}}} [options]"
+    if not rest or rest[0] in ("-h", "--help"):
+        print(usage, file=sys.stdout if rest else sys.stderr)
+        return 0 if rest else 2
+    if rest[0] not in verbs:
+        close = difflib.get_close_matches(rest[0], list(verbs), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        print(f"gaudi-exporter {cmd}: error: unknown command {rest[0]!r}{hint}\n{usage}", file=sys.stderr)
+        return 2
+    target, extra = verbs[rest[0]]
+    what = f"gaudi-exporter {cmd} {rest[0]}"
     module, func = target.split(":")
     try:
+        if extra:
+            extras.require(extra, what)
         mod = importlib.import_module(module)
-    except ImportError as e:
-        print(f"gaudi-exporter {cmd} {rest[0]}: needs an optional dependency that is missing ({e}); "
-              "install gaudi-exporter[dev] or the extra the docs name", file=sys.stderr)
+    except extras.MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:  # a package no extra of ours names: still one line, with the module
+        needed = extras.extra_of_module(e.name)
+        hint = extras.install_hint(needed) if needed else "reinstall gaudi-exporter"
+        print(f"error: {what} cannot import {e.name or e}: {hint}", file=sys.stderr)
         return 2
     return int(getattr(mod, func)(rest[1:]) or 0)
 
 
 def check_config(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="gaudi-exporter check-config", description="Validate a YAML config file.")
+    p = Parser(prog="gaudi-exporter check-config",
+               description="Validate a YAML config file, and the web config file it names, as start-up would: "
+               "exit 0 if the daemon would accept the settings, 2 with the key at fault if not.")
     p.add_argument("file")
     args = p.parse_args(argv)
     try:
         settings = resolve({}, args.file, env={})
+        preflight.check(settings)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,7 +108,7 @@ def check_config(argv: list[str]) -> int:
 def metrics_cmd(argv: list[str]) -> int:
     from exporter.docs import metrics_json, metrics_markdown
 
-    p = argparse.ArgumentParser(prog="gaudi-exporter metrics", description="Print the metric reference.")
+    p = Parser(prog="gaudi-exporter metrics", description="Print the metric reference.")
     p.add_argument("--format", choices=("markdown", "json"), default="markdown")
     args = p.parse_args(argv)
     print(metrics_markdown() if args.format == "markdown" else metrics_json(), end="")
@@ -101,6 +123,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check_config(argv[1:])
     if argv and argv[0] == "metrics":
         return metrics_cmd(argv[1:])
+    if argv and not argv[0].startswith("-"):  # the daemon takes no positional argument: a mistyped command
+        close = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+        hint = f"; did you mean {close[0]}?" if close else f" (commands: {', '.join(COMMANDS)})"
+        print(f"gaudi-exporter: error: unknown command {argv[0]!r}{hint}\nRun 'gaudi-exporter --help' for the list "
+              "of flags and commands.", file=sys.stderr)
+        return 2
     args = vars(build_parser().parse_args(argv))
     config_file = args.pop("config", None)
     try:
@@ -115,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         return run(settings)
+    except ConfigError as e:
+        print(f"gaudi-exporter: error: {e}", file=sys.stderr)
+        return 2
     except StartupError as e:
         log.error("%s", e)
         print(f"gaudi-exporter: {e}", file=sys.stderr)

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from exporter import yamlfile
 from exporter.backends import NAMES as BACKENDS
 from exporter.backends.simulated import MODELS, PROFILES
 from exporter.collectors import COLLECTORS
@@ -214,11 +213,9 @@ def flatten(tree: Mapping[str, Any], where: str, prefix: str = "") -> dict[str, 
 def load_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"config file {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path}: not valid YAML: {e}") from e
+        tree = yamlfile.read(path, "config file")
+    except yamlfile.YamlFileError as e:
+        raise ConfigError(str(e)) from None
     if tree is None:
         return {}
     if not isinstance(tree, Mapping):

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 
-from exporter import __version__, backends
+from exporter import __version__, backends, preflight
 from exporter.accounting import Accountant
 from exporter.backends.base import BackendUnavailable
-from exporter.config import Settings, node_name
+from exporter.config import ConfigError, Settings, node_name
 from exporter.exposition import Renderer
 from exporter.http import Site, parse_listen_address, serve
 from exporter.loop import Loop
@@ -88,8 +87,8 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
         section = settings.section("pricing")
         try:
             source = pricing.create(section, identity, device_model=backend_model(backend) or "")
-        except ValueError as e:
-            raise StartupError(f"pricing: {e}") from e
+        except ValueError as e:  # settings that only this node's identity shows wrong (e.g. aws off EC2)
+            raise ConfigError(f"pricing: {e}") from e
         pc = PricingCollector(source, identity, electricity_usd_per_kwh=settings["pricing.electricity.usd_per_kwh"],
                               pue=settings["pricing.electricity.pue"])
         pc.start_refresher(stop)
@@ -121,10 +120,7 @@ def build_market(settings: Settings, stop: threading.Event) -> Loop:
     from exporter.collectors.market import MarketCollector
     from exporter.market.fetch import MarketWatcher
 
-    source = settings["market.source"]
-    if source != "aws" and not os.path.isfile(source):
-        raise StartupError(f"market.source {source!r} is neither 'aws' nor a readable file (the JSON that "
-                           "`aws ec2 describe-spot-price-history` prints)")
+    preflight.check_market(settings)
     try:
         watcher = MarketWatcher(settings["market.regions"], settings["market.instance_types"],
                                 settings["market.source"], settings["market.product_description"])
@@ -141,14 +137,7 @@ def run(settings: Settings) -> int:
         parse_listen_address(settings["web.listen_address"])
     except ValueError as e:
         raise StartupError(str(e)) from e
-    web = None
-    if settings["web.config.file"]:
-        from exporter.webconfig import WebConfigError, load
-
-        try:
-            web = load(settings["web.config.file"])
-        except WebConfigError as e:
-            raise StartupError(str(e)) from e
+    web = preflight.check(settings)  # the settings' own errors (ConfigError, exit 2), as check-config finds them
     stop = threading.Event()
     install_signal_handlers(stop)
     closers: list = []

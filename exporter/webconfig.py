@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from exporter import yamlfile
 
 TLS_KEYS = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
 TOP_KEYS = {"tls_server_config", "basic_auth_users", "http_server_config"}
@@ -55,9 +55,9 @@ class WebConfig:
 def load(path: str | Path) -> WebConfig:
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise WebConfigError(f"web config {path}: {e}") from e
+        raw = yamlfile.read(path, "web config") or {}
+    except yamlfile.YamlFileError as e:
+        raise WebConfigError(str(e)) from None
     if not isinstance(raw, dict):
         raise WebConfigError(f"web config {path}: expected a mapping at the top level")
     for key in raw:
@@ -71,6 +71,10 @@ def load(path: str | Path) -> WebConfig:
         for key in tls:
             if key not in TLS_KEYS:
                 raise WebConfigError(f"web config {path}: unknown key tls_server_config.{key}")
+        for key in ("cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"):
+            if key in tls and not isinstance(tls[key], str):
+                raise WebConfigError(f"web config {path}: tls_server_config.{key} must be a string, got "
+                                     f"{tls[key]!r}")
         base = path.parent
         try:
             cert = base / tls["cert_file"]

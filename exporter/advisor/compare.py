@@ -10,12 +10,13 @@ from typing import TextIO
 
 from exporter.advisor.prom import PromError, Prometheus, iso, parse_duration, parse_time
 from exporter.advisor.runs import AdvisorError, Phase, fetch, join_cost, price_phases, split_phases
+from exporter.argparser import Parser
 
 DEFAULT_MIN_POINTS = 10
 
 
-def build_parser(prog: str, label: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser(prog: str, label: str) -> Parser:
+    p = Parser(
         prog=prog,
         description=f"Compare the measured cost per sample of each {label} a job ran with, from the training "
                     "metrics and the node exporter's cost counter in Prometheus.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -11,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import requests
+
+from exporter.argparser import Parser
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h|d|w)$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -115,7 +116,7 @@ class Prometheus:
 
 def main(argv: list[str]) -> int:
     """`python -m exporter.advisor.prom --prometheus URL EXPR`: run one query, print JSON (for debugging)."""
-    p = argparse.ArgumentParser(prog="gaudi-exporter advise query", description=main.__doc__)
+    p = Parser(prog="gaudi-exporter advise query", description=main.__doc__)
     p.add_argument("--prometheus", required=True, help="base URL, e.g. http://127.0.0.1:9090")
     p.add_argument("--time", default=None, help="evaluation time (now, now-1h, unix, RFC 3339)")
     p.add_argument("expr")

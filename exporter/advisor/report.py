@@ -6,7 +6,6 @@ spot savings, samples and tokens. Charts are matplotlib PNGs embedded in the HTM
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -34,6 +33,7 @@ from exporter.advisor.runs import (
     split_phases,
     target_of,
 )
+from exporter.argparser import Parser
 
 HPU_COST = catalogue.get("gaudi_hpu_cost_usd_total").name
 IDLE_COST = catalogue.get("gaudi_hpu_idle_cost_usd_total").name
@@ -323,7 +323,7 @@ def main(argv: list[str], *, out: TextIO | None = None, err: TextIO | None = Non
     out = out or sys.stdout
     err = err or sys.stderr
     prog = "gaudi-exporter report run"
-    p = argparse.ArgumentParser(prog=prog, description="Cost report of one training run from Prometheus.")
+    p = Parser(prog=prog, description="Cost report of one training run from Prometheus.")
     p.add_argument("--prometheus", required=True, help="Prometheus base URL")
     p.add_argument("--job", required=True, help="training job name (the job label of gaudi_training_info)")
     p.add_argument("--from", dest="start", default=None,

@@ -6,13 +6,14 @@ minutes does not look as dear as one that stayed high all day.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from exporter import extras
+from exporter.argparser import Parser
 from exporter.market.fetch import ClientFactory, MarketWatcher, region_of_zone
 from exporter.pricing.aws import SpotRow
 
@@ -93,7 +94,7 @@ def main(argv: list[str], *, clock: Callable[[], float] = time.time,
     out = out or sys.stdout
     if argv and argv[0] == "regions":
         argv = argv[1:]
-    p = argparse.ArgumentParser(prog="gaudi-exporter report regions",
+    p = Parser(prog="gaudi-exporter report regions",
                                 description="Spot prices by region and zone, cheapest first, over the last "
                                 "H hours.")
     p.add_argument("--hours", type=float, default=24.0,
@@ -112,6 +113,8 @@ def main(argv: list[str], *, clock: Callable[[], float] = time.time,
     end = clock()
     try:
         if args.source == "aws":
+            if client_factory is None:
+                extras.require("aws", "report regions --source aws")
             label = "aws (live DescribeSpotPriceHistory; on-demand from the AWS price list)"
         else:
             f = watcher.load_file()
