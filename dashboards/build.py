@@ -22,10 +22,12 @@ import dashboards
 from dashboards.panels import Board
 from exporter.argparser import Parser
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "dashboards" / "build"
-DEFAULT_CONFIGMAPS = REPO / "deploy" / "kubernetes" / "base" / "generated" / "dashboards"
-CHART_DASHBOARDS = REPO / "deploy" / "helm" / "gaudi-exporter" / "dashboards"
+# Outputs are relative to the current directory (never into the installed package): run from a clone's root, the
+# defaults are the committed files. With --out DIR the ConfigMaps go to DIR/kubernetes/, apart from the JSON.
+DEFAULT_OUT = Path("dashboards/build")
+DEFAULT_CONFIGMAPS = Path("deploy/kubernetes/base/generated/dashboards")
+CONFIGMAPS_IN_OUT = Path("kubernetes")
+CHART_DASHBOARDS = Path("deploy/helm/gaudi-exporter/dashboards")
 PROVIDER_PATH = "/var/lib/grafana/dashboards/gaudi-exporter"  # where a Grafana container mounts the JSON
 FOLDER = "Gaudi"
 # Client-side `kubectl apply` fails above ~256 KiB (last-applied annotation); keep well under it.
@@ -89,14 +91,19 @@ def outputs(out: Path, configmaps: Path, thresholds: Path | None = None) -> dict
 
 def main(argv: list[str] | None = None) -> int:
     ap = Parser(prog="gaudi-exporter dashboards build", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="directory for the dashboard JSON")
-    ap.add_argument("--configmaps", type=Path, default=DEFAULT_CONFIGMAPS, help="directory for the ConfigMaps")
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=None,
+                    help=f"directory for the dashboard JSON (default: {DEFAULT_OUT}/ under the current directory)")
+    ap.add_argument("--configmaps", type=Path, default=None,
+                    help=f"directory for the ConfigMaps (default: {DEFAULT_CONFIGMAPS}/ under the current "
+                    f"directory, or {CONFIGMAPS_IN_OUT}/ in --out DIR)")
     ap.add_argument("--thresholds", type=Path, default=None, help="thresholds file (default alerts/thresholds.yaml)")
     ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if any output is out of date")
     args = ap.parse_args(argv if argv is not None else sys.argv[1:])
     try:
-        files = outputs(args.out, args.configmaps, args.thresholds)
+        out = DEFAULT_OUT if args.out is None else args.out
+        configmaps = args.configmaps or (DEFAULT_CONFIGMAPS if args.out is None else args.out / CONFIGMAPS_IN_OUT)
+        files = outputs(out, configmaps, args.thresholds)
     except (ValueError, KeyError, OSError) as e:
         print(f"dashboards build: {e}", file=sys.stderr)
         return 2

@@ -354,7 +354,7 @@ def render(board: Board, prom: Prom, out: Path) -> tuple[Path, list[str]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = Parser(prog="gaudi-exporter dashboards render", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("prometheus", help="Prometheus base URL, e.g. http://127.0.0.1:9090")
     ap.add_argument("--out", type=Path, default=Path("docs/img"), help="directory for dashboard-<uid>.png")
     ap.add_argument("--range", type=int, default=300, dest="range_s", help="seconds of history to draw")

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import re
 import sys
 from typing import Any, NoReturn
-
-_UNRECOGNIZED = re.compile(r"unrecognized arguments: (.+)")
 
 
 class Parser(argparse.ArgumentParser):
@@ -38,14 +35,23 @@ class Parser(argparse.ArgumentParser):
         close = difflib.get_close_matches(name, flags, n=1, cutoff=0.6)
         return close[0] if close else None
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        # Remembered for error(): a required flag reported missing may be one the user mistyped.
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
         lines = [f"{self.prog}: error: {message}"]
-        m = _UNRECOGNIZED.match(message)
-        if m:
-            for word in m.group(1).split():
-                hint = self.suggest(word)
-                if hint:
-                    lines.append(f"  {word.split('=', 1)[0]}: did you mean {hint}?")
+        known = set(self.flags())
+        shown: set[str] = set()
+        for word in getattr(self, "_given", []):
+            name = word.split("=", 1)[0]
+            if not name.startswith("--") or name in known or name in shown:
+                continue
+            shown.add(name)
+            hint = self.suggest(name)
+            if hint:
+                lines.append(f"  {name}: did you mean {hint}?")
         lines.append(f"Run '{self.prog} --help' for the list of flags.")
         self.exit(2, "\n".join(lines) + "\n")
 

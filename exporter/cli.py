@@ -96,9 +96,13 @@ def check_config(argv: list[str]) -> int:
     args = p.parse_args(argv)
     try:
         settings = resolve({}, args.file, env={})
-        preflight.check(settings)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        preflight.check(settings)
+    except ConfigError as e:
+        print(f"error: config file {args.file}: {e}", file=sys.stderr)
         return 2
     print(f"{args.file}: ok ({sum(1 for o in OPTIONS if settings[o.key] != o.default)} settings differ from the "
           "defaults)")

@@ -118,7 +118,7 @@ def test_changing_a_threshold_and_rebuilding_changes_the_alert(tmp_path):
     rule = next(r for r in _rules(out / "prometheus_alerts.yaml") if r["alert"] == "GaudiEfficiencyBelowFloor")
     assert rule["expr"].endswith("< 0.42") and rule["for"] == "45m"
     assert "floor of 42%" in rule["annotations"]["description"]
-    assert (out / "prometheusrule.yaml").exists()
+    assert (out / "kubernetes" / "prometheusrule.yaml").exists()
 
 
 def test_build_reports_a_bad_thresholds_file_and_fails(tmp_path, capsys):
@@ -137,7 +137,7 @@ def test_committed_build_is_up_to_date_with_the_generator(tmp_path):
     hint = "out of date: run `gaudi-exporter rules build` (python -m alerts.build) and commit the result"
     for name in committed:
         assert (out / name).read_bytes() == (ALERTS / "build" / name).read_bytes(), f"alerts/build/{name} {hint}"
-    assert (out / "prometheusrule.yaml").read_bytes() == PROMETHEUSRULE.read_bytes(), f"{PROMETHEUSRULE} {hint}"
+    assert (out / "kubernetes" / "prometheusrule.yaml").read_bytes() == PROMETHEUSRULE.read_bytes(), f"{PROMETHEUSRULE} {hint}"
 
 
 def test_prometheusrule_wraps_every_generated_group():

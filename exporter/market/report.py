@@ -95,8 +95,8 @@ def main(argv: list[str], *, clock: Callable[[], float] = time.time,
     if argv and argv[0] == "regions":
         argv = argv[1:]
     p = Parser(prog="gaudi-exporter report regions",
-                                description="Spot prices by region and zone, cheapest first, over the last "
-                                "H hours.")
+               description="Spot prices by region and zone, cheapest first, over the last "
+               "H hours.")
     p.add_argument("--hours", type=float, default=24.0,
                    help="window length in hours (default 24; AWS keeps 90 days)")
     p.add_argument("--source", default="aws", help="'aws' (live, standard credentials) or a JSON file as "
