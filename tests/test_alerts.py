@@ -137,7 +137,8 @@ def test_committed_build_is_up_to_date_with_the_generator(tmp_path):
     hint = "out of date: run `gaudi-exporter rules build` (python -m alerts.build) and commit the result"
     for name in committed:
         assert (out / name).read_bytes() == (ALERTS / "build" / name).read_bytes(), f"alerts/build/{name} {hint}"
-    assert (out / "kubernetes" / "prometheusrule.yaml").read_bytes() == PROMETHEUSRULE.read_bytes(), f"{PROMETHEUSRULE} {hint}"
+    assert (out / "kubernetes" / "prometheusrule.yaml").read_bytes() == PROMETHEUSRULE.read_bytes(), \
+        f"{PROMETHEUSRULE} {hint}"
 
 
 def test_prometheusrule_wraps_every_generated_group():
