@@ -235,7 +235,7 @@ class HlmlBackend:
             except ImportError as e:
                 raise BackendUnavailable(
                     f"the pyhlml package is not installed ({e}); "
-                    "install it with `pip install gaudi-exporter[hlml]`"
+                    "install it with `pip install '.[hlml]'` in a clone of gaudi-exporter"
                 ) from e
         errors = self._error_types(mod)
         printed = io.StringIO()

@@ -49,7 +49,7 @@ def _torch():
     try:
         import torch
     except ImportError as e:  # pragma: no cover - depends on the install
-        raise ImportError("CheckpointManager needs torch: pip install 'gaudi-exporter[training]'") from e
+        raise ImportError("CheckpointManager needs torch: pip install '.[training]' in a gaudi-exporter clone") from e
     return torch
 
 
