@@ -148,7 +148,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(settings)
     except ConfigError as e:
-        print(f"gaudi-exporter: error: {e}", file=sys.stderr)
+        source = f" (settings from config file {config_file} and the command line)" if config_file and \
+            str(config_file) not in str(e) else ""
+        print(f"gaudi-exporter: error: {e}{source}", file=sys.stderr)
         return 2
     except StartupError as e:
         log.error("%s", e)
