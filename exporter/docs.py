@@ -120,7 +120,7 @@ def configuration_markdown() -> str:
 Every setting is a flag, a key of the YAML file given with `--config FILE`, and an environment variable:
 `pricing.static.usd_per_hour` is `--pricing.static.usd-per-hour` and `GAUDI_EXPORTER_PRICING_STATIC_USD_PER_HOUR`.
 Flags win over the environment, which wins over the file, which wins over the defaults. Flags must be spelled out
-in full (a prefix such as `--pricing.static.usd` is an error, with the flag it resembles).
+in full: a prefix of a flag is an error that names the flag it resembles, as a typo is.
 
 `gaudi-exporter check-config FILE` runs the checks start-up runs, without starting anything: the file's keys and
 types, the settings that depend on each other (a price source and its price, `collectors.hpc` and
