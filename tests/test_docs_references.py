@@ -114,9 +114,9 @@ def problems_in(doc) -> list[str]:
             known = stack_flags()
         else:
             known = all_flags()
+        names = {k.removeprefix("--") for k in known}
         for flag in flags:
-            if flag not in FOREIGN_FLAGS and flag not in known and flag.removeprefix("--no-") not in {f.removeprefix("--") for f in known} | {
-                    k.removeprefix("--") for k in known}:
+            if flag not in FOREIGN_FLAGS and flag[2:] not in names and flag.removeprefix("--no-") not in names:
                 found.append(f"{rel}: flag {flag} does not exist (in: {line[:80]})")
     return found
 
