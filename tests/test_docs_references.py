@@ -22,7 +22,7 @@ FOREIGN = ("promtool", "amtool", "kubectl", "pip", "curl", "aws ", "eksctl", "he
            "pytest", "python -m venv", "docker", "podman", "openssl", "git ", "apt", "systemctl", "tr ", "grep",
            "ruff", "yamllint", "hadolint", "vmalert", "vmagent", "prometheus", "alertmanager", "torchrun",
            "deepspeed", "python -m grpc_tools", "jq")
-FOREIGN_FLAGS = {"--isolation"}  # buildah's, quoted in passing in docs/deploy.md
+FOREIGN_FLAGS = {"--isolation", "--set"}  # buildah's and helm's, quoted in passing
 
 
 def code_texts(text: str) -> list[str]:
