@@ -92,7 +92,11 @@ def config_yaml() -> str:
         for depth in range(common, len(parents)):
             lines.append("  " * depth + parents[depth] + ":")
         open_path = parents
-        lines.append("  " * len(parents) + f"{leaf}: {_yaml_value(o.default)}")
+        line = "  " * len(parents) + f"{leaf}: {_yaml_value(o.default)}"
+        if any(other.key.startswith(o.key + ".") for other in OPTIONS):  # a switch that is also a parent
+            line = "  " * len(parents) + f"# {leaf}: {_yaml_value(o.default)}   (a mapping below: a file sets " \
+                f"{leaf} or its keys, not both; {o.flag} and {o.env} set the switch)"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
