@@ -22,7 +22,8 @@ FOREIGN = ("promtool", "amtool", "kubectl", "pip", "curl", "aws ", "eksctl", "he
            "pytest", "python -m venv", "docker", "podman", "openssl", "git ", "apt", "systemctl", "tr ", "grep",
            "ruff", "yamllint", "hadolint", "vmalert", "vmagent", "prometheus", "alertmanager", "torchrun",
            "deepspeed", "python -m grpc_tools", "jq")
-FOREIGN_FLAGS = {"--isolation", "--set"}  # buildah's and helm's, quoted in passing
+FOREIGN_FLAGS = {"--isolation", "--set",  # buildah's and helm's, quoted in passing
+                 "--query.max-samples", "--query.replica-label"}  # Prometheus' and Thanos Query's, in the runbook
 
 
 def code_texts(text: str) -> list[str]:
