@@ -246,8 +246,8 @@ def test_every_panel_query_runs_on_victoria_metrics_and_agrees_with_prometheus(s
             tol, ratio = tolerance(expr, age), units.get(t.panel_id) in RATIO_UNITS
             if expr.lstrip().startswith(("topk", "bottomk")):
                 # near-equal values may swap ranks across engines: compare the ranked values
-                pairs = zip(sorted(got.values()), sorted(want.values()))
-                ok = len(got) == len(want) and all(_agree(a, b, tol, ratio) for a, b in pairs)
+                ok = len(got) == len(want) and all(
+                    _agree(a, b, tol, ratio) for a, b in zip(sorted(got.values()), sorted(want.values()), strict=True))
             else:
                 ok = set(got) == set(want) and all(_agree(got[k], want[k], tol, ratio) for k in got)
             compared += 1

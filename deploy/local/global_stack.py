@@ -136,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
     stack = demo.Stack(run_dir)
     receiver: demo.Receiver | None = None
     try:
-        names = ["victoria-metrics", "vmalert", "alertmanager", "receiver"] + (["reference"] if args.reference_prometheus
-                                                                              else [])
+        global_parts = ["victoria-metrics", "vmalert", "alertmanager", "receiver"]
+        if args.reference_prometheus:
+            global_parts.append("reference")
+        names = list(global_parts)
         for c in clusters:
             names += [f"{c}-exporter", f"{c}-market", f"{c}-prometheus"]
         addr = {n: f"127.0.0.1:{demo.pick_port(0)}" for n in names}
@@ -199,10 +201,9 @@ def run(args: argparse.Namespace) -> int:
         ready["vmalert"] = urls["vmalert"] + "/-/ready"
         log(f"starting {len(clusters)} clusters, VictoriaMetrics, vmalert and Alertmanager in {run_dir}")
         demo.wait_ready(stack, ready, timeout=90, stop=stop)
-        print(f"\ngaudi-exporter global view is up ({len(clusters)} clusters, profile {args.profile}); logs and data in "
-              f"{run_dir}")
-        for name in ["victoria-metrics", "vmalert", "alertmanager", "receiver"] + (
-                ["reference"] if args.reference_prometheus else []):
+        print(f"\ngaudi-exporter global view is up ({len(clusters)} clusters, profile {args.profile}); logs and data "
+              f"in {run_dir}")
+        for name in global_parts:
             print(f"  URL {name:<20} {urls[name]}")
         for i, c in enumerate(clusters):
             entry, model, list_price = HARDWARE[i % len(HARDWARE)]
