@@ -67,7 +67,8 @@ def low_thresholds(path: Path) -> Path:
 class GlobalStack:
     def __init__(self, tmp: Path):
         args = ["--clusters", "2", "--usd-per-hour", ",".join(map(str, PRICES)), "--thresholds",
-                str(low_thresholds(tmp / "thresholds.yaml")), "--alert-for", "1s", "--reference-prometheus",
+                str(low_thresholds(tmp / "thresholds.yaml")), "--alert-for", "1s", "--increment-step", "15s",
+                "--reference-prometheus",
                 "--cluster-alerts", "--run-dir", str(tmp / "run"), "--status-every", "15", "--duration", "600"]
         self.proc = subprocess.Popen([sys.executable, str(STACK), "--no-install", *args], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

@@ -247,33 +247,36 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_rules(python: str, run_dir: Path, args: argparse.Namespace) -> list[Path]:
-    """The project's rules: as built, from another thresholds file, or with every `for` shortened (--alert-for)."""
-    if args.thresholds is None:
-        return demo.build_rules(python, run_dir, args.alert_for)
+    """The project's rules: alerts/build/*.yaml as built, or rebuilt from --thresholds, with every `for` shortened
+    (--alert-for) and shorter increments (--increment-step) for a demo that cannot wait for 5-minute steps."""
+    if not (args.thresholds or args.alert_for or args.increment_step):
+        return demo.build_rules(python, run_dir, None)
     import yaml
 
-    t = yaml.safe_load(Path(args.thresholds).read_text())
+    t = yaml.safe_load(Path(args.thresholds or REPO / "alerts" / "thresholds.yaml").read_text())
     if args.alert_for:
+        def is_for(key, value) -> bool:
+            return (key == "for" or key.endswith("_for")) and isinstance(value, str)
+
         def durations(node) -> list[str]:
             if isinstance(node, dict):
-                return [d for k, v in node.items()
-                        for d in ([v] if (k == "for" or k.endswith("_for")) and isinstance(v, str) else durations(v))]
+                return [d for k, v in node.items() for d in ([v] if is_for(k, v) else durations(v))]
             return []
 
         new = demo.shortened(durations(t), args.alert_for)
 
         def shorten(node):
             if isinstance(node, dict):
-                return {k: (new[v] if (k == "for" or k.endswith("_for")) and isinstance(v, str) else shorten(v))
-                        for k, v in node.items()}
+                return {k: (new[v] if is_for(k, v) else shorten(v)) for k, v in node.items()}
             return node
 
         t = shorten(t)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "thresholds.yaml").write_text(yaml.safe_dump(t, sort_keys=False))
+    step = ["--increment-step", args.increment_step] if args.increment_step else []
     subprocess.run([python, "-m", "alerts.build", "--thresholds", str(run_dir / "thresholds.yaml"), "--out",
-                    str(run_dir / "rules"), "--prometheusrule", str(run_dir / "prometheusrule.yaml")], cwd=REPO,
-                   check=True, stdout=subprocess.DEVNULL)
+                    str(run_dir / "rules"), "--prometheusrule", str(run_dir / "prometheusrule.yaml"), *step],
+                   cwd=REPO, check=True, stdout=subprocess.DEVNULL)
     return sorted((run_dir / "rules").glob("*.yaml"))
 
 
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          "(default: alerts/build/*.yaml as built)")
     ap.add_argument("--alert-for", metavar="DURATION",
                     help="rebuild the rules with every alert's `for` shortened to about DURATION (e.g. 1m)")
+    ap.add_argument("--increment-step", metavar="DURATION",
+                    help="rebuild the rules with the recorded increments every DURATION instead of 5m (at least "
+                         f"two scrapes: {SCRAPE_INTERVAL} apart), so that budget alerts have data within a demo")
     ap.add_argument("--cluster-alerts", action="store_true",
                     help="also evaluate the alerts in each cluster's Prometheus (same rules, same Alertmanager)")
     ap.add_argument("--reference-prometheus", action="store_true",
