@@ -98,10 +98,15 @@ def victoria_metrics_cmd(run_dir: Path, addr: str, dedup: str | None) -> list[st
     return cmd
 
 
-def vmalert_cmd(rule_files: list[Path], vm_url: str, am_url: str, addr: str, interval: str) -> list[str]:
+def vmalert_cmd(rule_files: list[Path], vm_url: str, am_url: str, addr: str, interval: str,
+                query_step: str = "30s") -> list[str]:
     return ["vmalert", *[f"-rule={p}" for p in rule_files], f"-datasource.url={vm_url}",
             f"-remoteWrite.url={vm_url}", f"-remoteRead.url={vm_url}", f"-notifier.url={am_url}",
             f"-httpListenAddr={addr}", f"-evaluationInterval={interval}", "-remoteWrite.flushInterval=1s",
+            # how far back an instant query looks for a series' last sample (default 5m, Prometheus' lookback): a
+            # cluster that stops sending stays visible that long. The demo shortens it so that losing a cluster
+            # shows within a minute.
+            f"-datasource.queryStep={query_step}",
             f"-external.url=http://{addr}", "-loggerLevel=WARN"]
 
 
