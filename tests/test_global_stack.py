@@ -329,3 +329,21 @@ def test_an_ha_pair_counts_once_with_the_documented_victoria_metrics_flags(tmp_p
         spend = wait_for(lambda: _instant(vm, 'sum(increase(gaudi_node_cost_usd_total{job="gaudi-exporter"}[1h]))',
                                           at)[0], 10, what="imported samples queryable")
     assert list(spend.values()) == [pytest.approx(9.9 if dedup else 19.8)]
+
+
+def test_vmalert_accepts_the_generated_rule_files(tmp_path):
+    """What docs/deploy.md promises: the generated files load into vmalert as they are (MetricsQL parses our PromQL,
+    the annotation templates are valid for it)."""
+    files = sorted((REPO / "alerts" / "build").glob("*.yaml"))
+    assert len(files) == 2
+
+    def dry_run(paths: list[Path]) -> subprocess.CompletedProcess:
+        return subprocess.run(["vmalert", "-dryRun", *[f"-rule={f}" for f in paths]], capture_output=True, text=True,
+                              timeout=60)
+
+    done = dry_run(files)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    broken = tmp_path / "broken.yaml"  # one parenthesis missing: vmalert must say so, or this test proves nothing
+    broken.write_text((REPO / "alerts" / "build" / "prometheus_alerts.yaml").read_text().replace(
+        "sum by (cluster)", "sum by (cluster", 1))
+    assert dry_run([broken]).returncode != 0
