@@ -17,13 +17,16 @@ OVERLAY ?= kube-prometheus-stack
 KUSTOMIZE_DIRS = deploy/kubernetes/base $(wildcard deploy/kubernetes/overlays/*) $(wildcard deploy/kubernetes/examples/*)
 
 .DEFAULT_GOAL := help
-.PHONY: help demo test test-fast lint venv image image-debian manifests render clean
+.PHONY: help demo demo-global test test-fast lint venv image image-debian manifests render clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 demo: ## run the demo stack until Ctrl-C (PROFILE=training|idle|bursty|degraded, ALERT_FOR=1m)
 	python3 deploy/local/stack.py --profile $(PROFILE) --alert-for $(ALERT_FOR)
+
+demo-global: ## two simulated clusters remote-writing to VictoriaMetrics, alerts in vmalert (ALERT_FOR=1m)
+	python3 deploy/local/global_stack.py --clusters 2 --alert-for $(ALERT_FOR) --increment-step 1m
 
 test: ## what CI (.ci/run) runs: scripts/test.sh installs what is missing, then ruff and every test (ARGS=pytest args)
 	bash scripts/test.sh $(ARGS)

@@ -12,7 +12,8 @@ PY=${PYTHON:-python3}
 # command -> Debian package
 tools=(prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
        prometheus-node-exporter:prometheus-node-exporter openssl:openssl
-       gcc:gcc)  # gcc builds the stand-in libhlml.so (tests/fakes/libhlml) the real pyhlml loads
+       gcc:gcc  # gcc builds the stand-in libhlml.so (tests/fakes/libhlml) the real pyhlml loads
+       victoria-metrics:victoria-metrics)  # brings vmalert (tests/test_global_stack.py)
 if [ "$GAUDI_TEST_CONTAINER" = 1 ]; then
   tools+=(buildah:buildah debootstrap:debootstrap podman:podman)
 fi

@@ -310,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="a Prometheus receiving the same remote writes as VictoriaMetrics, to compare answers")
     ap.add_argument("--dedup", metavar="DURATION",
                     help="VictoriaMetrics -dedup.minScrapeInterval (for HA Prometheus pairs; default off)")
-    ap.add_argument("--duration", type=float, default=0, help="stop after SECONDS (default: run until Ctrl-C)")
+    ap.add_argument("--duration", type=float, default=0, metavar="SECONDS", help="stop after SECONDS (default: run until Ctrl-C)")
     ap.add_argument("--status-every", type=float, default=30, help="print a status line every SECONDS")
     ap.add_argument("--no-install", action="store_true", help="do not install anything; use this Python")
     ap.add_argument("--run-dir", help="keep configs, logs and data here (default: a temporary directory)")
@@ -318,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.clusters < 1:
         ap.error("--clusters must be 1 or more")
+    if args.increment_step and demo.duration_seconds(args.increment_step) < 2 * demo.duration_seconds(SCRAPE_INTERVAL):
+        ap.error(f"--increment-step must span at least two scrapes ({SCRAPE_INTERVAL} apart): an increase() over one "
+                 "sample is empty")
     try:
         if not args.no_install:
             demo.APT_PACKAGES["victoria-metrics"] = "victoria-metrics"  # brings vmalert and vmagent too
