@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="a Prometheus receiving the same remote writes as VictoriaMetrics, to compare answers")
     ap.add_argument("--dedup", metavar="DURATION",
                     help="VictoriaMetrics -dedup.minScrapeInterval (for HA Prometheus pairs; default off)")
-    ap.add_argument("--duration", type=float, default=0, metavar="SECONDS", help="stop after SECONDS (default: run until Ctrl-C)")
+    ap.add_argument("--duration", type=float, default=0, metavar="SECONDS",
+                    help="stop after SECONDS (default: run until Ctrl-C)")
     ap.add_argument("--status-every", type=float, default=30, help="print a status line every SECONDS")
     ap.add_argument("--no-install", action="store_true", help="do not install anything; use this Python")
     ap.add_argument("--run-dir", help="keep configs, logs and data here (default: a temporary directory)")
