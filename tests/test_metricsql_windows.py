@@ -23,6 +23,7 @@ import pytest
 import requests
 import yaml
 
+from tests.support import backfill as backfill_helpers
 from tests.support import procs
 from tests.support.procs import REPO
 
@@ -86,16 +87,6 @@ def exposition(nodes: list[Node], t0: float) -> str:
 
 
 @contextlib.contextmanager
-def prometheus(data: Path) -> Iterator[str]:
-    port = procs.free_port()
-    (data.parent / "empty.yml").write_text("global: {}\n")
-    with procs._serving([procs.PROMETHEUS, f"--config.file={data.parent / 'empty.yml'}", f"--storage.tsdb.path={data}",
-                         f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=100y",
-                         "--log.level=warn"], port) as base:
-        yield base
-
-
-@contextlib.contextmanager
 def victoria_metrics(data: Path) -> Iterator[str]:
     port = procs.free_port()
     proc = subprocess.Popen(["victoria-metrics", f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}",
@@ -110,11 +101,10 @@ def victoria_metrics(data: Path) -> Iterator[str]:
         proc.wait(timeout=10)
 
 
-def backfill(text: str, data: Path, tmp: Path) -> None:
-    src = tmp / f"backfill-{time.monotonic_ns()}.om"
+def backfill(text: str, data: Path) -> None:
+    src = data.parent / f"backfill-{time.monotonic_ns()}.om"
     src.write_text(text)
-    subprocess.run(["promtool", "tsdb", "create-blocks-from", "openmetrics", str(src), str(data)], check=True,
-                   capture_output=True, timeout=300)
+    backfill_helpers.import_openmetrics([src], data, timeout=300)
 
 
 def vm_import(vm: str, text: str) -> None:
@@ -153,11 +143,11 @@ def engines(tmp_path_factory):
     raw = exposition(nodes, t0)
     node_expr, cluster_expr, budgets = _rules()
     first, last = t0 + INCREMENT_S, t0 + HOURS * 3600
-    backfill(raw, tmp / "prom", tmp)
-    with prometheus(tmp / "prom") as prom:
+    backfill(raw, tmp / "prom")
+    with backfill_helpers.serve(tmp / "prom") as prom:
         recorded = increments(prom, cluster_expr, first, last)
-    backfill(recorded, tmp / "prom", tmp)  # a second set of blocks: Prometheus loads them at start
-    with prometheus(tmp / "prom") as prom, victoria_metrics(tmp / "vm") as vm:
+    backfill(recorded, tmp / "prom")  # a second set of blocks: Prometheus loads them at start
+    with backfill_helpers.serve(tmp / "prom") as prom, victoria_metrics(tmp / "vm") as vm:
         vm_import(vm, raw)
         vm_import(vm, recorded)
         yield {"prom": prom, "vm": vm, "nodes": nodes, "at": last, "budgets": budgets, "cluster_expr": cluster_expr,
