@@ -232,22 +232,28 @@ def _units(board) -> dict[int, str]:
 
 # (name, $__range in seconds): a short range fully inside the data, and the 30-day range over all of it. Grafana's
 # $__interval is the range over ~1,000 points, never below the scrape interval.
-RANGES = [("short", 60), ("30 days", 30 * 86400)]
+# With every variable on All, and drilled down to one cluster (the global view's first choice).
+RANGES = [("short", 60, {}), ("30 days", 30 * 86400, {}), ("short, cluster-2", 60, {"cluster": "cluster-2"})]
 
 
-@pytest.mark.parametrize("range_name,range_s", RANGES, ids=[r[0] for r in RANGES])
-def test_every_panel_query_runs_on_victoria_metrics_and_agrees_with_prometheus(stack, range_name, range_s):
-    vm, ref = stack.urls["victoria-metrics"], stack.urls["reference"]
+def _wait_for_data_age(stack) -> tuple[float, float]:
+    """(query time, age of the data then): old enough for the short windows, both engines past the last write."""
     wait = stack.ready_at + MIN_AGE_S - time.time()
     if wait > 0:
         time.sleep(wait)
     at = time.time() - 2 * SCRAPE_S  # both engines have every sample up to here (remote write sends each second)
-    age = at - stack.ready_at
+    return at, at - stack.ready_at
+
+
+@pytest.mark.parametrize("range_name,range_s,values", RANGES, ids=[r[0] for r in RANGES])
+def test_every_panel_query_runs_on_victoria_metrics_and_agrees_with_prometheus(stack, range_name, range_s, values):
+    vm, ref = stack.urls["victoria-metrics"], stack.urls["reference"]
+    at, age = _wait_for_data_age(stack)
     problems, compared = [], 0
     for board in dashboards.boards():
         units = _units(board)
         for t in queries.panel_targets(board):
-            expr = queries.expand(t.expr, {}, range_s=range_s, rate_interval="1m",
+            expr = queries.expand(t.expr, values, range_s=range_s, rate_interval="1m",
                                   interval_s=max(SCRAPE_S, range_s // 1000))
             where = f"{board.uid} / {t.panel_title!r} {t.ref}: {expr}"
             got, error = _instant(vm, expr, at)
@@ -269,6 +275,27 @@ def test_every_panel_query_runs_on_victoria_metrics_and_agrees_with_prometheus(s
                                 f"    Prometheus {sorted(want.items())[:4]}")
     assert compared > 50
     assert not problems, f"{len(problems)} of {compared} queries disagree:\n" + "\n".join(problems)
+
+
+def test_variables_and_annotations_give_the_same_answers(stack):
+    """The template variables (label_values) and annotations, on both engines: the same label values, no errors."""
+    vm, ref = stack.urls["victoria-metrics"], stack.urls["reference"]
+    at, _ = _wait_for_data_age(stack)
+    clusters = None
+    for board in dashboards.boards():
+        for name, q in queries.variable_queries(board):
+            expr, label = queries.label_values_as_promql(queries.expand(q))
+            got, error = _instant(vm, expr, at)
+            want, _ = _instant(ref, expr, at)
+            assert error is None, f"{board.uid} variable {name}: {expr}: {error}"
+            assert set(got) == set(want), (board.uid, name, expr)
+            if name == "cluster":
+                clusters = {dict(k).get("cluster") for k in got}
+        for name, expr, _needs in queries.annotation_exprs(board):
+            got, error = _instant(vm, queries.expand(expr), at)
+            want, _ = _instant(ref, queries.expand(expr), at)
+            assert error is None and got == want, (board.uid, name)
+    assert clusters == {"cluster-1", "cluster-2"}, "the global view's cluster variable lists both clusters"
 
 
 def test_a_cluster_that_stops_sending_is_reported_absent_by_name_in_the_global_view(stack):
