@@ -135,9 +135,9 @@ def increments(base: str, expr: str, start: float, end: float) -> str:
     return "\n".join(lines) + "\n# EOF\n"
 
 
-@pytest.fixture(scope="module")
-def engines(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("windows")
+@contextlib.contextmanager
+def scenario(tmp: Path) -> Iterator[dict]:
+    """Both engines serving the same two days (raw counters and the increments Prometheus recorded from them)."""
     t0 = (int(time.time()) // 3600 - HOURS - 2) * 3600  # two days ending two hours ago, whole hours
     nodes = fleet(t0)
     raw = exposition(nodes, t0)
@@ -152,6 +152,12 @@ def engines(tmp_path_factory):
         vm_import(vm, recorded)
         yield {"prom": prom, "vm": vm, "nodes": nodes, "at": last, "budgets": budgets, "cluster_expr": cluster_expr,
                "t0": t0}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory):
+    with scenario(tmp_path_factory.mktemp("windows")) as e:
+        yield e
 
 
 def truth(nodes: list[Node], start: float, end: float) -> dict[str, float]:
