@@ -242,6 +242,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         log("stopping")
+        # the senders first, while the global side still takes their last remote writes (a Prometheus whose
+        # remote_write target is gone retries until its flush deadline before it exits)
+        stop_parts(stack, [n for n in stack.procs if n.startswith(tuple(clusters)) or n == "vmalert"])
         stack.stop()
         if receiver is not None:
             receiver.shutdown()
@@ -249,6 +252,20 @@ def run(args: argparse.Namespace) -> int:
         if not args.run_dir and not args.keep:
             shutil.rmtree(run_dir, ignore_errors=True)
         log("stopped")
+
+
+def stop_parts(stack: demo.Stack, names: list[str], timeout: float = 10) -> None:
+    """SIGTERM these parts and wait for them (SIGKILL after ``timeout``); Stack.stop() then skips them."""
+    procs = [stack.procs[n] for n in names if stack.procs[n].poll() is None]
+    for proc in procs:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def build_rules(python: str, run_dir: Path, args: argparse.Namespace) -> list[Path]:
