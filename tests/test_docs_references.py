@@ -23,7 +23,8 @@ FOREIGN = ("promtool", "amtool", "kubectl", "pip", "curl", "aws ", "eksctl", "he
            "ruff", "yamllint", "hadolint", "vmalert", "vmagent", "prometheus", "alertmanager", "torchrun",
            "deepspeed", "python -m grpc_tools", "jq")
 FOREIGN_FLAGS = {"--isolation", "--set",  # buildah's and helm's, quoted in passing
-                 "--query.max-samples", "--query.replica-label"}  # Prometheus' and Thanos Query's, in the runbook
+                 "--query.max-samples", "--query.replica-label",  # Prometheus' and Thanos Query's, in the runbook
+                 "--retention.resolution-raw"}  # Thanos compactor's, in deploy.md
 
 
 def code_texts(text: str) -> list[str]:
@@ -59,7 +60,9 @@ def help_flags(*prefix: str) -> frozenset[str]:
 
 @cache
 def stack_flags() -> frozenset[str]:
-    return frozenset(re.findall(r"add_argument\(\"(--[a-z-]+)\"", (REPO / "deploy/local/stack.py").read_text()))
+    """The flags of the local stacks: the demo (stack.py) and the global view (global_stack.py)."""
+    texts = [(REPO / "deploy" / "local" / script).read_text() for script in ("stack.py", "global_stack.py")]
+    return frozenset(f for text in texts for f in re.findall(r"add_argument\(\"(--[a-z-]+)\"", text))
 
 
 def all_flags() -> frozenset[str]:
