@@ -65,6 +65,11 @@ def _range_s(text: str) -> int:
 
 def panel_targets() -> list[tuple[str, str, int, bool, bool]]:
     """(board/panel ref, expr, default range seconds, instant, reads raw series) of every dashboard target."""
+    return [t[:5] for t in _panel_targets()]
+
+
+def _panel_targets() -> list[tuple[str, str, int, bool, bool, int]]:
+    """panel_targets() and each panel's min interval in seconds (Grafana's `interval`, 15 s when unset)."""
     out = []
     for board in dashboards.boards():
         default = _range_s(board.json["time"]["from"])
@@ -72,22 +77,33 @@ def panel_targets() -> list[tuple[str, str, int, bool, bool]]:
         for t in queries.panel_targets(board):
             rng = _range_s(panels[t.panel_id].get("timeFrom", "")) if panels[t.panel_id].get("timeFrom") else default
             raw = bool(queries.metric_names(t.expr) - set(catalogue.RECORDED))
-            out.append((f"{board.uid}/{t.panel_title}/{t.ref}", t.expr, rng, t.instant, raw))
+            interval = panels[t.panel_id].get("interval")
+            out.append((f"{board.uid}/{t.panel_title}/{t.ref}", t.expr, rng, t.instant, raw,
+                        _range_s(interval) if interval else 15))
     return out
 
 
-def measure_panel(prom: str, expr: str, rng: int, instant: bool, at: int, node: str) -> int:
-    """Samples a panel target touches at its default range, the way Grafana asks (~1,000 points for graphs)."""
+def measure_panel(prom: str, expr: str, rng: int, instant: bool, at: int, node: str, min_step: int = 15) -> int:
+    """Samples a panel target touches at its default range, the way Grafana asks (~1,000 points for graphs, never
+    finer than the panel's min interval)."""
     e = queries.expand(expr, {"node": node}, range_s=rng, rate_interval="1m")
     if instant:
         return int(backfill.instant(prom, e, at, stats=True)[1]["samples"]["totalQueryableSamples"])
-    step = max(15, rng // 1000)
+    step = max(min_step, rng // 1000)
     r = backfill.requests.post(prom + "/api/v1/query_range", data={"query": e, "start": at - rng, "end": at,
                                                                   "step": step, "stats": "all"}, timeout=900)
     body = r.json()
     if body.get("status") != "success":
         raise AssertionError(f"{e}: {body.get('error')}")
     return int(body["data"]["stats"]["samples"]["totalQueryableSamples"])
+
+
+def _rule_passes(groups: dict) -> list[list[dict]]:
+    """The gaudi-exporter.rules group in two passes: rules over raw series, then rules over those."""
+    g = next(g for g in groups["prometheus_rules.yaml"] if g["name"] != rules.INCREMENTS_GROUP)
+    first = [r for r in g["rules"] if not queries.metric_names(r["expr"]) & set(catalogue.RECORDED)]
+    second = [r for r in g["rules"] if r not in first]
+    return [[{"name": f"{g['name']}.{i}", "interval": "1m", "rules": rs}] for i, rs in enumerate((first, second)) if rs]
 
 
 def run_size(root: Path, nodes: int, hpus: int, days: float, step: int) -> dict:
@@ -101,21 +117,28 @@ def run_size(root: Path, nodes: int, hpus: int, days: float, step: int) -> dict:
         with backfill.serve(db) as prom:
             out = backfill.record(prom, pass_groups, data.start, data.end, root / f"recorded{i}")
         backfill.add_blocks(out, db)
+    # the other recording rules (rates, ratios) over the last 7 hours only: what the default-range panels read
+    for i, pass_groups in enumerate(_rule_passes(groups)):
+        with backfill.serve(db) as prom:
+            out = backfill.record(prom, pass_groups, data.end - 7 * 3600, data.end, root / f"rules{i}")
+        backfill.add_blocks(out, db)
     built = time.monotonic() - t0
     at = data.end - 150
     result: dict = {"nodes": nodes, "span_s": data.end - data.start, "series": data.series, "built_s": built,
                     "pairs": {}, "rules": {}}
-    inc = next(g for g in groups["prometheus_rules.yaml"] if g["name"] == rules.INCREMENTS_GROUP)
     with backfill.serve(db) as prom:
         for name, (old, new) in _comparisons(groups).items():
             result["pairs"][name] = (measure(prom, old, at), measure(prom, new, at), longest_window_s(old))
-        for r in inc["rules"]:
-            result["rules"][r["record"]] = measure(prom, r["expr"], at)
+        for g in groups["prometheus_rules.yaml"]:
+            for r in g["rules"]:
+                result["rules"][r["record"]] = measure(prom, r["expr"], at)
+        result["alerts"] = {r["alert"]: (measure(prom, r["expr"], at), longest_window_s(r["expr"]))
+                            for g in groups["prometheus_alerts.yaml"] for r in g["rules"]}
         # the fleet board starts on one node (its node variable has no "All"): the first, as Grafana picks
         node = sorted(x["metric"]["instance"] for x in backfill.instant(prom, "group by (instance) (up)", at)[0])[0]
         result["panels"] = {ref: measure_panel(prom, expr, rng, inst, at, node if ref.startswith("gaudi-fleet")
-                                               else ".*")
-                            for ref, expr, rng, inst, _ in panel_targets()}
+                                               else ".*", min_step)
+                            for ref, expr, rng, inst, _, min_step in _panel_targets()}
     shutil.rmtree(db)
     return result
 
@@ -157,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             cells += f"{so:>10d}/{to * 1000:5.0f}{sn:>10d}/{tn * 1000:5.0f}"
         (so, _), (sn, _), _ = b["pairs"][name]
         print(f"{name:40s}{cells}{so / max(sn, 1):>7.0f}x")
-    print("\nrecording rules (one evaluation, 5m windows over raw series)")
+    print("\nrecording rules (one evaluation)")
     for rec in a["rules"]:
         print(f"{rec:48s}" + "".join(f"{s['rules'][rec][0]:>10d}/{s['rules'][rec][1] * 1000:5.1f}ms" for s in sizes))
     print(f"\nEXTRAPOLATION to {TARGET_NODES} nodes x {TARGET_DAYS} d at {TARGET_STEP}s scrapes (linear in nodes, "
@@ -169,8 +192,21 @@ def main(argv: list[str] | None = None) -> int:
         new = extrapolate(a, b, lambda s, n=name: s["pairs"][n][1][0], w, False, args.step)
         print(f"{name:40s}{old:>14,.0f}{new:>14,.0f}{old / max(new, 1):>7.0f}x  {'ok' if new < 1e6 else 'OVER'}")
     for rec in a["rules"]:
-        est = extrapolate(a, b, lambda s, r=rec: s["rules"][r][0], 300, True, args.step)
-        print(f"{rec:40s}{'':>14s}{est:>14,.0f}{'':>8s}  {'ok' if est < 1e6 else 'OVER'}")
+        w = longest_window_s(next(r["expr"] for g in rules.groups(_thresholds())["prometheus_rules.yaml"]
+                                  for r in g["rules"] if r["record"] == rec))
+        raw = bool(queries.metric_names(next(r["expr"] for g in rules.groups(_thresholds())["prometheus_rules.yaml"]
+                                             for r in g["rules"] if r["record"] == rec)) - set(catalogue.RECORDED))
+        est = extrapolate(a, b, lambda s, r=rec: s["rules"][r][0], w, raw, args.step)
+        print(f"{rec:48s}{'':>6s}{est:>14,.0f}{'':>8s}  {'ok' if est < 1e6 else 'OVER'}")
+    print("\nalerts (one evaluation at the end of the data; samples at the two sizes, then extrapolated)")
+    for name in a["alerts"]:
+        (sa, _), w = a["alerts"][name]
+        (sb, _), _ = b["alerts"][name]
+        exprs = {r["alert"]: r["expr"] for g in rules.groups(_thresholds())["prometheus_alerts.yaml"]
+                 for r in g["rules"]}
+        raw = bool(queries.metric_names(exprs[name]) - set(catalogue.RECORDED))
+        est = extrapolate(a, b, lambda s, n=name: s["alerts"][n][0][0], w, raw, args.step)
+        print(f"{name:48s}{sa:>10d}{sb:>10d}{est:>14,.0f}  {'ok' if est < 1e6 else 'OVER'}")
     print(f"\ndashboard targets at their default range (fleet board: one node), measured at {a['nodes']} and "
           f"{b['nodes']} nodes, EXTRAPOLATED to {TARGET_NODES} nodes:")
     over = missing = 0

@@ -99,8 +99,11 @@ def build(s: Settings) -> P.Board:
                      needs=[P.SPOT], min_=0),
     ]
     third = [
+        # one line per node: in 5-minute steps (the rate is over 5m) so that "All" at 1,000 nodes stays cheap
         P.timeseries("Spend by node (USD/h)", USD, [Q(f"sum by (instance) ({RATE}{{{NODE_SEL}}})",
-                                                        "{{instance}}")], stack=True, min_=0, links=node_link),
+                                                        "{{instance}}")], stack=True, min_=0, links=node_link,
+                     min_interval="5m",
+                     description="Recorded 5-minute cost rate of each selected node, in 5-minute steps."),
         P.timeseries("Spend by namespace (USD/h)", USD,
                      [Q(f'sum by (namespace) ({NS_RATE}{{{P.CLUSTER_SEL}, namespace=~"$namespace"}})',
                         "{{namespace}}")],
@@ -112,8 +115,9 @@ def build(s: Settings) -> P.Board:
         P.timeseries("Idle cost share by node (1 h)", P.RATIO,
                      [Q(f"max by (instance) ({IDLE_RATIO}{{{NODE_SEL}}})", "{{instance}}")], min_=0, max_=1,
                      links=node_link, thresholds=P.steps(("green", None), ("red", s.idle_share_max)),
-                     threshold_line=True,
-                     description=f"Red line: idle.cost_share_max from {s.source}."),
+                     threshold_line=True, min_interval="5m",
+                     description=f"Recorded 1-hour idle share of each selected node, in 5-minute steps. Red line: "
+                                 f"idle.cost_share_max from {s.source}."),
         # per node from the recorded increments (pod labels summed away); a node's HPUs are on the fleet board
         P.table("Most expensive idle nodes (range)", USD,
                 [Q(f"topk(10, sum by (instance, node) (sum_over_time({IDLE_INC}{{{NODE_SEL}}}[$__range])))")],

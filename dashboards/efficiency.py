@@ -28,6 +28,10 @@ IDLE_INC = metric("node:gaudi_hpu_idle_cost_usd:increase5m")
 CLUSTER_BUSY = metric("cluster:gaudi_hpu_busy_seconds:increase5m")
 CLUSTER_UP = metric("cluster:gaudi_hpu_up_seconds:sum5m")
 CLUSTER_IDLE = metric("cluster:gaudi_hpu_idle_cost_usd:increase5m")
+CLUSTER_IDLE_S = metric("cluster:gaudi_hpu_idle_seconds:sum5m")
+CLUSTER_UTIL = metric("cluster:gaudi_hpu_utilization_ratio:avg")
+CLUSTER_MEM = metric("cluster:gaudi_hpu_memory_used_bytes:sum")
+CLUSTER_MEM_TOTAL = metric("cluster:gaudi_hpu_memory_total_bytes:sum")
 
 NODE_RATE = metric("node:gaudi_node_cost_usd_per_hour:rate5m")
 # USD per second from the recorded 5m rate: computed once by the rules, not again by each panel over raw counters
@@ -67,14 +71,19 @@ def build(s: Settings) -> P.Board:
                            "increments)."),
     ]
     # from the recorded increments: one rate computed once per node per 5m, not a rate of every HPU's counter
+    # busy and idle each from their own recorded seconds (idle = up - busy, recorded): no line re-derives the other
     busy_share = f"sum({CLUSTER_BUSY}{{{CLUSTER_SEL}}}) / sum({CLUSTER_UP}{{{CLUSTER_SEL}}})"
-    load = (f"0.7 * avg({UTIL}{{{DEVICE_SEL}}}) + 0.3 * sum({MEM}{{{DEVICE_SEL}}}) / "
-            f"sum({MEM_TOTAL}{{{DEVICE_SEL}}})")
+    idle_share = f"sum({CLUSTER_IDLE_S}{{{CLUSTER_SEL}}}) / sum({CLUSTER_UP}{{{CLUSTER_SEL}}})"
+    # from per-cluster recorded series (one series each per cluster), not every HPU's raw gauges
+    load = (f"0.7 * avg({CLUSTER_UTIL}{{{CLUSTER_SEL}}}) + 0.3 * sum({CLUSTER_MEM}{{{CLUSTER_SEL}}}) / "
+            f"sum({CLUSTER_MEM_TOTAL}{{{CLUSTER_SEL}}})")
     second = [
         P.timeseries("Weighted load vs target", P.RATIO, [Q(load, "0.7 x utilisation + 0.3 x HBM share")], w=8,
                      min_=0, max_=1, thresholds=P.steps(("red", None), ("green", t)), threshold_line=True,
-                     description=f"The score's numerator; the line is efficiency.target {t:g} from {s.source}."),
-        P.timeseries("Busy vs idle time", P.RATIO, [Q(busy_share, "busy"), Q(f"1 - {busy_share}", "idle")],
+                     description=f"The score's numerator for the selected clusters (recorded per cluster; with "
+                                 f"several clusters selected, each cluster's mean utilisation counts equally); the "
+                                 f"line is efficiency.target {t:g} from {s.source}."),
+        P.timeseries("Busy vs idle time", P.RATIO, [Q(busy_share, "busy"), Q(idle_share, "idle")],
                      w=8, stack=True, min_=0, max_=1, fill=60,
                      description="Share of the selected clusters' HPU time spent busy (utilisation integrated over "
                                  "time) and idle, from the recorded 5-minute increments."),

@@ -222,15 +222,21 @@ def timeseries(title: str, unit: str, queries: Sequence[Q], *, w: int = 12, h: i
                stack: bool = False, min_: float | None = None, max_: float | None = None,
                thresholds: list[dict[str, Any]] | None = None, threshold_line: bool = False,
                links: list[dict[str, Any]] | None = None, description: str = "", fill: int = 10,
-               legend_calcs: Sequence[str] = ("lastNotNull", "max"), draw: str = "line") -> Panel:
+               legend_calcs: Sequence[str] = ("lastNotNull", "max"), draw: str = "line",
+               min_interval: str | None = None) -> Panel:
+    """A graph; ``min_interval`` (Grafana's panel "Min interval") keeps its step no finer than what it reads
+    changes at (a 5-minute rate), so a line per node over the fleet stays under 1 M samples."""
     obj = G.TimeSeries(title=title, dataSource=DS, unit=unit, fillOpacity=fill, drawStyle=draw,
                        legendDisplayMode="table", legendPlacement="right", legendCalcs=list(legend_calcs),
                        tooltipMode="multi", stacking={"mode": "normal", "group": "A"} if stack else {"mode": "none"},
                        maxDataPoints=None)
     custom = {"thresholdsStyle": {"mode": "line" if threshold_line else "off"},
               "axisSoftMin": None, "axisSoftMax": None}
-    return _panel(obj, unit, queries, w, h, needs, thresholds=thresholds, min_=min_, max_=max_, custom=custom,
-                  links=links, description=description)
+    panel = _panel(obj, unit, queries, w, h, needs, thresholds=thresholds, min_=min_, max_=max_, custom=custom,
+                   links=links, description=description)
+    if min_interval:
+        panel.json["interval"] = min_interval
+    return panel
 
 
 def stat(title: str, unit: str, queries: Sequence[Q], *, w: int = 4, h: int = 4, needs: Iterable[str] = (),

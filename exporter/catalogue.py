@@ -242,6 +242,8 @@ RECORDED: dict[str, Recorded] = {r.name: r for r in [
     Recorded("cluster:gaudi_idle_cost_ratio:rate1h", "Fleet share of HPU cost spent idle over the last hour."),
     Recorded("node:gaudi_hpu_utilization_ratio:avg", "Mean HPU utilisation of a node."),
     Recorded("cluster:gaudi_hpu_utilization_ratio:avg", "Mean HPU utilisation of the fleet."),
+    Recorded("cluster:gaudi_hpu_memory_used_bytes:sum", "HBM in use on the fleet's HPUs, bytes."),
+    Recorded("cluster:gaudi_hpu_memory_total_bytes:sum", "HBM size of the fleet's HPUs, bytes."),
     Recorded("node:gaudi_cost_efficiency_ratio:avg5m", "Efficiency score of a node over 5 minutes."),
     Recorded("cluster:gaudi_cost_efficiency_ratio:avg5m", "Efficiency score of the fleet over 5 minutes."),
     Recorded("node:gaudi_spot_savings_usd_per_hour:rate5m", "Spot savings rate, USD per hour."),
@@ -256,6 +258,8 @@ RECORDED: dict[str, Recorded] = {r.name: r for r in [
     Recorded("node:gaudi_hpu_idle_cost_usd:increase5m", "Idle HPU cost of a node over each 5 minutes, USD."),
     Recorded("node:gaudi_hpu_busy_seconds:increase5m", "Busy HPU-seconds of a node over each 5 minutes."),
     Recorded("node:gaudi_hpu_up_seconds:sum5m", "HPU-seconds a node's HPUs were up over each 5 minutes."),
+    Recorded("node:gaudi_hpu_idle_seconds:sum5m", "HPU-seconds a node's HPUs were up and not busy over each 5 "
+             "minutes."),
     Recorded("node:gaudi_spot_savings_usd:increase5m", "Spot savings of a node over each 5 minutes, USD."),
     Recorded("node:gaudi_hpu_throttled_seconds:sum5m", "Throttled HPU-seconds of a node by reason over each 5 "
              "minutes."),
@@ -270,6 +274,8 @@ RECORDED: dict[str, Recorded] = {r.name: r for r in [
     Recorded("cluster:gaudi_spot_savings_usd:increase5m", "Spot savings of the fleet over each 5 minutes, USD."),
     Recorded("cluster:gaudi_hpu_busy_seconds:increase5m", "Busy HPU-seconds of the fleet over each 5 minutes."),
     Recorded("cluster:gaudi_hpu_up_seconds:sum5m", "HPU-seconds the fleet's HPUs were up over each 5 minutes."),
+    Recorded("cluster:gaudi_hpu_idle_seconds:sum5m", "HPU-seconds the fleet's HPUs were up and not busy over each 5 "
+             "minutes."),
 ]}
 
 

@@ -32,6 +32,10 @@ class _Hpu:
     busy: float = 0.0
     ecc_corrected: float = 0.0
     ecc_uncorrected: float = 0.0
+    energy: float = 0.0  # joules
+    throttle_power: float = 0.0  # seconds clocks were held back, by reason
+    throttle_thermal: float = 0.0
+    read_errors: float = 0.0
 
 
 @dataclass
@@ -68,6 +72,16 @@ def _fmt(v: float) -> str:
     return repr(round(v, 9))
 
 
+HBM_BYTES = 128 * 2**30  # Gaudi 3
+POWER_LIMIT_W = 900.0
+ZONES = ("a", "b", "c")
+
+
+def _power(h: _Hpu) -> float:
+    """Watts: idle draw plus a share of the limit that grows with utilisation."""
+    return 150.0 + 700.0 * h.util
+
+
 class _Fleet:
     def __init__(self, nodes: int, hpus: int, clusters: Sequence[str], rng: random.Random) -> None:
         self.rng = rng
@@ -91,6 +105,7 @@ class _Fleet:
         node.namespaces = {}
         for h in node.hpus:
             h.cost = h.idle = h.busy = h.ecc_corrected = h.ecc_uncorrected = 0.0
+            h.energy = h.throttle_power = h.throttle_thermal = h.read_errors = 0.0
 
     def _schedule(self, node: _Node) -> None:
         """Pods come and go: each HPU is held by a pod of some namespace, or by none; a new pod is a new series."""
@@ -105,6 +120,7 @@ class _Fleet:
                 h.util = self.rng.choice((0.02, 0.3, 0.6, 0.9, 0.97))
             if h.pod != before:  # a new label set starts from 0; an unchanged one keeps counting
                 h.cost = h.idle = h.busy = h.ecc_corrected = h.ecc_uncorrected = 0.0
+                h.energy = h.throttle_power = h.throttle_thermal = 0.0
 
     def advance(self, dt: float) -> None:
         for node in self.nodes:
@@ -124,6 +140,10 @@ class _Fleet:
                     h.ecc_corrected += self.rng.randrange(1, 20)
                 if self.rng.random() < 0.0002:
                     h.ecc_uncorrected += 1
+                h.energy += _power(h) * dt
+                # busy devices near their power limit lose a little time to throttling
+                h.throttle_power += dt * 0.05 * max(0.0, h.util - 0.9) / 0.1
+                h.throttle_thermal += dt * 0.02 * max(0.0, h.util - 0.95) / 0.05
 
     def lines(self, ts: int) -> Iterator[str]:
         t = str(ts)
@@ -136,6 +156,25 @@ class _Fleet:
                 yield f"gaudi_spot_savings_usd_total{{{base}}} {_fmt(node.savings)} {t}"
             for ns, v in node.namespaces.items():
                 yield f'gaudi_namespace_cost_usd_total{{{base},namespace="{ns}"}} {_fmt(v)} {t}'
+            spot = bool(node.spot_saving)
+            paid = node.price - node.spot_saving
+            where = f'region="us-east-1",zone="us-east-1{ZONES[int(node.name[-1]) % 3]}",instance_type="gaudi3.48xl"'
+            yield (f'gaudi_node_price_usd_per_hour{{{base},source="{"aws_spot" if spot else "aws_on_demand"}",'
+                   f'{where},lifecycle="{"spot" if spot else "on-demand"}"}} {_fmt(paid)} {t}')
+            yield f'gaudi_node_on_demand_price_usd_per_hour{{{base},source="aws_on_demand"}} {_fmt(node.price)} {t}'
+            yield f"gaudi_cost_at_risk_usd{{{base}}} {_fmt(paid * (ts % 3600) / 3600)} {t}"
+            yield f"gaudi_checkpoint_last_timestamp_seconds{{{base}}} {ts - ts % 3600} {t}"
+            if spot:
+                yield f"gaudi_spot_interruption_pending{{{base}}} 0 {t}"
+                yield f"gaudi_spot_interruption_time_seconds{{{base}}} 0 {t}"
+                yield f"gaudi_spot_rebalance_recommended{{{base}}} 0 {t}"
+            if node.name.endswith("-0000"):  # one market watcher per cluster
+                for z in ZONES:
+                    yield (f'gaudi_spot_market_price_usd_per_hour{{{base},region="us-east-1",zone="us-east-1{z}",'
+                           f'instance_type="gaudi3.48xl",product="Linux/UNIX",source="aws_spot"}} '
+                           f"{_fmt(12.0 + ZONES.index(z))} {t}")
+                yield (f'gaudi_on_demand_market_price_usd_per_hour{{{base},region="us-east-1",'
+                       f'instance_type="gaudi3.48xl",source="aws_on_demand"}} 32.0 {t}')
             for h in node.hpus:
                 ns, pod = h.pod or ("", "")
                 dev = f'{base},hpu="{h.index}",uuid="{h.uuid}",namespace="{ns}",pod="{pod}",container=""'
@@ -146,6 +185,26 @@ class _Fleet:
                 yield f"gaudi_hpu_busy_seconds_total{{{dev}}} {_fmt(h.busy)} {t}"
                 yield f'gaudi_hpu_ecc_errors_total{{{dev},type="corrected"}} {_fmt(h.ecc_corrected)} {t}'
                 yield f'gaudi_hpu_ecc_errors_total{{{dev},type="uncorrected"}} {_fmt(h.ecc_uncorrected)} {t}'
+                yield f"gaudi_hpu_memory_used_bytes{{{dev}}} {int(HBM_BYTES * min(0.95, h.util + 0.02))} {t}"
+                yield f"gaudi_hpu_memory_total_bytes{{{dev}}} {HBM_BYTES} {t}"
+                yield f"gaudi_hpu_power_watts{{{dev}}} {_fmt(_power(h))} {t}"
+                yield f"gaudi_hpu_power_limit_watts{{{dev}}} {POWER_LIMIT_W} {t}"
+                yield f"gaudi_hpu_energy_joules_total{{{dev}}} {_fmt(h.energy)} {t}"
+                yield f'gaudi_hpu_temperature_celsius{{{dev},sensor="aip"}} {_fmt(35.0 + 50.0 * h.util)} {t}'
+                for reason, v in (("power", h.throttle_power), ("thermal", h.throttle_thermal)):
+                    yield f'gaudi_hpu_throttled{{{dev},reason="{reason}"}} {int(h.util > 0.95)} {t}'
+                    yield f'gaudi_hpu_throttle_seconds_total{{{dev},reason="{reason}"}} {_fmt(v)} {t}'
+                yield f'gaudi_hpu_nic_ports{{{dev},state="up"}} 24 {t}'
+                yield f'gaudi_hpu_nic_ports{{{dev},state="down"}} 0 {t}'
+                yield f"gaudi_hpu_hbm_row_replacement_pending{{{dev}}} 0 {t}"
+                for cause in ("multiple_single_bit", "double_bit"):
+                    yield f'gaudi_hpu_hbm_replaced_rows{{{dev},cause="{cause}"}} 0 {t}'
+                yield f"gaudi_hpu_pcie_link_generation{{{dev}}} 5 {t}"
+                yield f"gaudi_hpu_pcie_link_max_generation{{{dev}}} 5 {t}"
+                yield f"gaudi_hpu_pcie_link_width{{{dev}}} 16 {t}"
+                yield f"gaudi_hpu_pcie_link_max_width{{{dev}}} 16 {t}"
+                # the exporter's own per-HPU counter: node labels and hpu only, 0 from the start (issue 14)
+                yield f'gaudi_hpu_read_errors_total{{{base},hpu="{h.index}"}} {_fmt(h.read_errors)} {t}'
 
 
 def generate(out: Path, nodes: int, hpus: int, days: float, step: int = 30, *,
