@@ -96,7 +96,7 @@ def build(s: Settings) -> P.Board:
                description="On-demand price minus price paid, over the time range; 0 without spot nodes."),
         P.timeseries("Spot savings rate (USD/h)", USD,
                      [Q(f"sum({SAVINGS_RATE}{{{NODE_SEL}}}) or vector(0)", "saving USD/h")], w=12, h=6,
-                     needs=[P.SPOT], min_=0),
+                     needs=[P.SPOT], min_=0, min_interval="5m"),
     ]
     third = [
         # one line per node: in 5-minute steps (the rate is over 5m) so that "All" at 1,000 nodes stays cheap

@@ -57,6 +57,7 @@ def build(s: Settings) -> P.Board:
         P.timeseries("Efficiency score by node", P.RATIO,
                      [Q(f"max by (instance) ({SCORE}{{{NODE_SEL}}})", "{{instance}}")], w=10, h=7, min_=0,
                      max_=1, thresholds=_score_steps(s.efficiency_floor), threshold_line=True, description=score_desc,
+                     min_interval="5m",
                      links=[P.link("Devices of ${__field.labels.instance}", "gaudi-fleet",
                                    node="${__field.labels.instance}")]),
         P.stat("Busy HPU-hours (range)", P.HOURS,
@@ -99,7 +100,7 @@ def build(s: Settings) -> P.Board:
                needs=[P.TRAINING], decimals=1, thresholds=P.steps(("green", None)), graph=True),
         P.timeseries("Cost per 1,000 samples", P.USD,
                      [Q(f"{COST_RATE} / sum({SAMPLES_RATE}{{{CLUSTER_SEL}}}) * 1000",
-                        "selected nodes")], w=7, min_=0, needs=[P.TRAINING],
+                        "selected nodes")], w=7, min_=0, needs=[P.TRAINING], min_interval="5m",
                      description="Cost rate of the selected nodes divided by the samples the training jobs "
                                  "report (gaudi_training_samples_total)."),
         P.timeseries("Cost per 1,000 samples by job", P.USD,
@@ -111,7 +112,7 @@ def build(s: Settings) -> P.Board:
                                  "Kubernetes attribution."),
         P.timeseries("Cost per million tokens", P.USD,
                      [Q(f"{COST_RATE} / sum(rate({TOKENS}{{{CLUSTER_SEL}}}[$__rate_interval])) * 1e6",
-                        "selected nodes")], w=7, min_=0, needs=[P.TRAINING],
+                        "selected nodes")], w=7, min_=0, needs=[P.TRAINING], min_interval="5m",
                      description="Only for jobs that export gaudi_training_tokens_total."),
     ]
     by_owner = [

@@ -66,16 +66,17 @@ def build(s: Settings) -> P.Board:
                         "{{instance}} {{lifecycle}} ({{source}})"),
                       Q(f"max by (instance, source) ({ON_DEMAND}{{{NODE_SEL}}})",
                         "{{instance}} on-demand ({{source}})", needs=frozenset({P.SPOT}))],
-                     min_=0,
+                     min_=0, min_interval="5m",
                      description="The on-demand reference is only known on spot nodes with a live price source."),
         P.timeseries("Spot savings rate (USD/h)", USD,
                      [Q(f"sum by (instance) ({SAVINGS_RATE}{{{NODE_SEL}}})", "{{instance}}")],
-                     stack=True, min_=0, needs=[P.SPOT]),
+                     stack=True, min_=0, needs=[P.SPOT], min_interval="5m"),
     ]
     risk = [
         P.timeseries("Cost at risk since last checkpoint", USD,
                      [Q(f"max by (instance) ({AT_RISK}{{{NODE_SEL}}})", "{{instance}}")], w=12, min_=0,
                      thresholds=P.steps(("green", None), ("red", s.cost_at_risk_max_usd)), threshold_line=True,
+                     min_interval="5m",
                      description="Drops to zero at each checkpoint a training job reports. Red line: "
                                  f"spot.cost_at_risk_max_usd from {s.source}."),
         P.state_timeline("Spot notices", P.BOOL,

@@ -170,6 +170,10 @@ def test_panel_queries_use_the_variables(board):
         if re.search(r"\bcluster:gaudi_\w+:increase5m\b", t.expr):  # windows of days read one series per cluster
             assert "$cluster" in t.expr, t.panel_title
             continue
+        # fleet-wide graphs that read only per-cluster recorded series (one series per cluster)
+        if all(n.startswith("cluster:") for n in queries.metric_names(t.expr)):
+            assert "$cluster" in t.expr, t.panel_title
+            continue
         for v in ("cluster", "job", "node"):
             assert f"${v}" in t.expr, (board.uid, t.panel_title, v)
 
@@ -287,3 +291,44 @@ def test_calendar_panels_run_in_utc_like_the_promql_date_functions(board):
         assert "UTC" in p["description"], p["title"]
     projected = [p for p in calendar if any("day_of_month()" in t["expr"] for t in p["targets"])]
     assert [p["title"] for p in projected] == ["Projected this month"] and projected[0]["timeFrom"] == "now/M"
+
+
+def test_no_panel_derives_one_target_from_another(board):
+    """Each line of a panel is computed once: no target is another target of the same panel wrapped (`1 - X`)."""
+    by_panel: dict[int, list[queries.Target]] = {}
+    for t in queries.panel_targets(board):
+        by_panel.setdefault(t.panel_id, []).append(t)
+    for ts in by_panel.values():
+        for a, b in combinations(ts, 2):
+            for x, y in ((a, b), (b, a)):
+                assert x.expr.strip() not in y.expr, (board.uid, y.panel_title, y.ref, "re-derives", x.ref)
+
+
+def test_fleet_wide_graphs_read_no_raw_per_hpu_series(board):
+    """Graphs of the fleet-wide boards (variables on "All" by default) read recorded series, not every HPU's raw
+    samples over their range (16 M samples over 6h at 1,000 nodes); per-HPU detail is on the fleet board, scoped
+    to one node."""
+    if board.uid == "gaudi-fleet":
+        pytest.skip("per-HPU board: starts on one node")
+    per_device = {m.name for m in catalogue.METRICS.values() if m.per_device}
+    for t in queries.panel_targets(board):
+        if t.instant or t.panel_type != "timeseries":
+            continue
+        assert not queries.metric_names(t.expr) & per_device, (board.uid, t.panel_title, t.ref)
+
+
+def test_fleet_wide_graphs_of_node_series_step_in_5_minutes(board):
+    """Node-level series over "All" nodes: 1,000 series x ~1,000 points is 1 M samples at the default range; these
+    graphs read 5-minute rates and ratios or slow gauges (prices), so a 5-minute min interval shows the same and
+    reads 4x+ fewer."""
+    if board.uid == "gaudi-fleet":
+        pytest.skip("per-HPU board: starts on one node")
+    for p in board.json["panels"]:
+        if p["type"] != "timeseries":
+            continue
+        for t in p["targets"]:
+            # node-level series (recorded or raw); per-cluster/namespace/job series and market prices are few
+            per_node = [n for n in queries.metric_names(t["expr"])
+                        if not n.startswith(("cluster:", "namespace:", "job:")) and "market" not in n]
+            if per_node:
+                assert p.get("interval") == "5m", (board.uid, p["title"], per_node)
