@@ -108,7 +108,8 @@ def _rule_passes(groups: dict) -> list[list[dict]]:
 
 def run_size(root: Path, nodes: int, hpus: int, days: float, step: int) -> dict:
     t0 = time.monotonic()
-    data = fleetdata.generate(root / "om", nodes=nodes, hpus=hpus, days=days, step=step, clusters=("bench",))
+    data = fleetdata.generate(root / "om", nodes=nodes, hpus=hpus, days=days, step=step, clusters=("bench",),
+                              all_series=True)
     db = root / "data"
     backfill.import_openmetrics(data.files, db)
     shutil.rmtree(root / "om")

@@ -3,8 +3,10 @@
 Used by the rules' equivalence test (small) and by benchmarks/fleet_rules.py (large): N nodes x H HPUs x D days of
 what Prometheus would have scraped every ``step`` seconds, with what makes long windows hard in real fleets:
 counter resets and a new ``instance`` when an exporter restarts (a DaemonSet rollout), and pods that move between
-namespaces, so per-HPU series churn with their pod labels. Every value is simulated and deterministic for a seed;
-nothing here talks to a network.
+namespaces, so per-HPU series churn with their pod labels. With ``all_series`` it also writes what the dashboards
+and health alerts read (prices, power, HBM, temperature, throttling, NIC, PCIe and HBM-row summaries, spot notices,
+market prices, one training job per cluster), so the benchmark measures every panel. Every value is simulated and
+deterministic for a seed; nothing here talks to a network.
 """
 
 from __future__ import annotations
@@ -75,6 +77,7 @@ def _fmt(v: float) -> str:
 HBM_BYTES = 128 * 2**30  # Gaudi 3
 POWER_LIMIT_W = 900.0
 ZONES = ("a", "b", "c")
+TRAINING_SAMPLES_PER_S = 500.0
 
 
 def _power(h: _Hpu) -> float:
@@ -83,10 +86,13 @@ def _power(h: _Hpu) -> float:
 
 
 class _Fleet:
-    def __init__(self, nodes: int, hpus: int, clusters: Sequence[str], rng: random.Random) -> None:
+    def __init__(self, nodes: int, hpus: int, clusters: Sequence[str], rng: random.Random,
+                 all_series: bool = False) -> None:
         self.rng = rng
+        self.all_series = all_series
         self.nodes: list[_Node] = []
         self._ip = 0
+        self.trained: dict[str, float] = {c: 0.0 for c in clusters}  # samples of one training job per cluster
         for c in clusters:
             for n in range(nodes):
                 price = rng.choice((8.0, 12.0, 19.92, 32.0))
@@ -123,6 +129,8 @@ class _Fleet:
                 h.energy = h.throttle_power = h.throttle_thermal = 0.0
 
     def advance(self, dt: float) -> None:
+        for c in self.trained:
+            self.trained[c] += TRAINING_SAMPLES_PER_S * dt
         for node in self.nodes:
             node.cost += node.price * dt / 3600
             node.savings += node.spot_saving * dt / 3600
@@ -156,25 +164,8 @@ class _Fleet:
                 yield f"gaudi_spot_savings_usd_total{{{base}}} {_fmt(node.savings)} {t}"
             for ns, v in node.namespaces.items():
                 yield f'gaudi_namespace_cost_usd_total{{{base},namespace="{ns}"}} {_fmt(v)} {t}'
-            spot = bool(node.spot_saving)
-            paid = node.price - node.spot_saving
-            where = f'region="us-east-1",zone="us-east-1{ZONES[int(node.name[-1]) % 3]}",instance_type="gaudi3.48xl"'
-            yield (f'gaudi_node_price_usd_per_hour{{{base},source="{"aws_spot" if spot else "aws_on_demand"}",'
-                   f'{where},lifecycle="{"spot" if spot else "on-demand"}"}} {_fmt(paid)} {t}')
-            yield f'gaudi_node_on_demand_price_usd_per_hour{{{base},source="aws_on_demand"}} {_fmt(node.price)} {t}'
-            yield f"gaudi_cost_at_risk_usd{{{base}}} {_fmt(paid * (ts % 3600) / 3600)} {t}"
-            yield f"gaudi_checkpoint_last_timestamp_seconds{{{base}}} {ts - ts % 3600} {t}"
-            if spot:
-                yield f"gaudi_spot_interruption_pending{{{base}}} 0 {t}"
-                yield f"gaudi_spot_interruption_time_seconds{{{base}}} 0 {t}"
-                yield f"gaudi_spot_rebalance_recommended{{{base}}} 0 {t}"
-            if node.name.endswith("-0000"):  # one market watcher per cluster
-                for z in ZONES:
-                    yield (f'gaudi_spot_market_price_usd_per_hour{{{base},region="us-east-1",zone="us-east-1{z}",'
-                           f'instance_type="gaudi3.48xl",product="Linux/UNIX",source="aws_spot"}} '
-                           f"{_fmt(12.0 + ZONES.index(z))} {t}")
-                yield (f'gaudi_on_demand_market_price_usd_per_hour{{{base},region="us-east-1",'
-                       f'instance_type="gaudi3.48xl",source="aws_on_demand"}} 32.0 {t}')
+            if self.all_series:
+                yield from self._node_extras(node, base, ts)
             for h in node.hpus:
                 ns, pod = h.pod or ("", "")
                 dev = f'{base},hpu="{h.index}",uuid="{h.uuid}",namespace="{ns}",pod="{pod}",container=""'
@@ -185,40 +176,77 @@ class _Fleet:
                 yield f"gaudi_hpu_busy_seconds_total{{{dev}}} {_fmt(h.busy)} {t}"
                 yield f'gaudi_hpu_ecc_errors_total{{{dev},type="corrected"}} {_fmt(h.ecc_corrected)} {t}'
                 yield f'gaudi_hpu_ecc_errors_total{{{dev},type="uncorrected"}} {_fmt(h.ecc_uncorrected)} {t}'
-                yield f"gaudi_hpu_memory_used_bytes{{{dev}}} {int(HBM_BYTES * min(0.95, h.util + 0.02))} {t}"
-                yield f"gaudi_hpu_memory_total_bytes{{{dev}}} {HBM_BYTES} {t}"
-                yield f"gaudi_hpu_power_watts{{{dev}}} {_fmt(_power(h))} {t}"
-                yield f"gaudi_hpu_power_limit_watts{{{dev}}} {POWER_LIMIT_W} {t}"
-                yield f"gaudi_hpu_energy_joules_total{{{dev}}} {_fmt(h.energy)} {t}"
-                yield f'gaudi_hpu_temperature_celsius{{{dev},sensor="aip"}} {_fmt(35.0 + 50.0 * h.util)} {t}'
-                for reason, v in (("power", h.throttle_power), ("thermal", h.throttle_thermal)):
-                    yield f'gaudi_hpu_throttled{{{dev},reason="{reason}"}} {int(h.util > 0.95)} {t}'
-                    yield f'gaudi_hpu_throttle_seconds_total{{{dev},reason="{reason}"}} {_fmt(v)} {t}'
-                yield f'gaudi_hpu_nic_ports{{{dev},state="up"}} 24 {t}'
-                yield f'gaudi_hpu_nic_ports{{{dev},state="down"}} 0 {t}'
-                yield f"gaudi_hpu_hbm_row_replacement_pending{{{dev}}} 0 {t}"
-                for cause in ("multiple_single_bit", "double_bit"):
-                    yield f'gaudi_hpu_hbm_replaced_rows{{{dev},cause="{cause}"}} 0 {t}'
-                yield f"gaudi_hpu_pcie_link_generation{{{dev}}} 5 {t}"
-                yield f"gaudi_hpu_pcie_link_max_generation{{{dev}}} 5 {t}"
-                yield f"gaudi_hpu_pcie_link_width{{{dev}}} 16 {t}"
-                yield f"gaudi_hpu_pcie_link_max_width{{{dev}}} 16 {t}"
-                # the exporter's own per-HPU counter: node labels and hpu only, 0 from the start (issue 14)
-                yield f'gaudi_hpu_read_errors_total{{{base},hpu="{h.index}"}} {_fmt(h.read_errors)} {t}'
+                if self.all_series:
+                    yield from _hpu_extras(h, dev, base, t)
+
+    def _node_extras(self, node: _Node, base: str, ts: int) -> Iterator[str]:
+        """What the dashboards read besides cost: prices, checkpoints and cost at risk, spot notices; on each
+        cluster's first node a training job and the market watcher."""
+        t = str(ts)
+        spot = bool(node.spot_saving)
+        paid = node.price - node.spot_saving
+        where = f'region="us-east-1",zone="us-east-1{ZONES[int(node.name[-1]) % 3]}",instance_type="gaudi3.48xl"'
+        yield (f'gaudi_node_price_usd_per_hour{{{base},source="{"aws_spot" if spot else "aws_on_demand"}",'
+               f'{where},lifecycle="{"spot" if spot else "on-demand"}"}} {_fmt(paid)} {t}')
+        yield f'gaudi_node_on_demand_price_usd_per_hour{{{base},source="aws_on_demand"}} {_fmt(node.price)} {t}'
+        yield f"gaudi_cost_at_risk_usd{{{base}}} {_fmt(paid * (ts % 3600) / 3600)} {t}"
+        yield f"gaudi_checkpoint_last_timestamp_seconds{{{base}}} {ts - ts % 3600} {t}"
+        if spot:
+            yield f"gaudi_spot_interruption_pending{{{base}}} 0 {t}"
+            yield f"gaudi_spot_interruption_time_seconds{{{base}}} 0 {t}"
+            yield f"gaudi_spot_rebalance_recommended{{{base}}} 0 {t}"
+        if node.name.endswith("-0000"):  # one training job per cluster, scraped from its pod
+            job = f'cluster="{node.cluster}",job="llama",namespace="ml-research",instance="llama-0:8000"'
+            yield f"gaudi_training_samples_total{{{job}}} {_fmt(self.trained[node.cluster])} {t}"
+            yield f"gaudi_training_tokens_total{{{job}}} {_fmt(self.trained[node.cluster] * 2048)} {t}"
+        if node.name.endswith("-0000"):  # one market watcher per cluster
+            for z in ZONES:
+                yield (f'gaudi_spot_market_price_usd_per_hour{{{base},region="us-east-1",zone="us-east-1{z}",'
+                       f'instance_type="gaudi3.48xl",product="Linux/UNIX",source="aws_spot"}} '
+                       f"{_fmt(12.0 + ZONES.index(z))} {t}")
+            yield (f'gaudi_on_demand_market_price_usd_per_hour{{{base},region="us-east-1",'
+                   f'instance_type="gaudi3.48xl",source="aws_on_demand"}} 32.0 {t}')
+
+
+def _hpu_extras(h: _Hpu, dev: str, base: str, t: str) -> Iterator[str]:
+    """What the per-HPU panels and health alerts read: HBM, power, energy, temperature, throttling, NIC, HBM rows,
+    PCIe, read errors."""
+    yield f"gaudi_hpu_memory_used_bytes{{{dev}}} {int(HBM_BYTES * min(0.95, h.util + 0.02))} {t}"
+    yield f"gaudi_hpu_memory_total_bytes{{{dev}}} {HBM_BYTES} {t}"
+    yield f"gaudi_hpu_power_watts{{{dev}}} {_fmt(_power(h))} {t}"
+    yield f"gaudi_hpu_power_limit_watts{{{dev}}} {POWER_LIMIT_W} {t}"
+    yield f"gaudi_hpu_energy_joules_total{{{dev}}} {_fmt(h.energy)} {t}"
+    yield f'gaudi_hpu_temperature_celsius{{{dev},sensor="aip"}} {_fmt(35.0 + 50.0 * h.util)} {t}'
+    for reason, v in (("power", h.throttle_power), ("thermal", h.throttle_thermal)):
+        yield f'gaudi_hpu_throttled{{{dev},reason="{reason}"}} {int(h.util > 0.95)} {t}'
+        yield f'gaudi_hpu_throttle_seconds_total{{{dev},reason="{reason}"}} {_fmt(v)} {t}'
+    yield f'gaudi_hpu_nic_ports{{{dev},state="up"}} 24 {t}'
+    yield f'gaudi_hpu_nic_ports{{{dev},state="down"}} 0 {t}'
+    yield f"gaudi_hpu_hbm_row_replacement_pending{{{dev}}} 0 {t}"
+    for cause in ("multiple_single_bit", "double_bit"):
+        yield f'gaudi_hpu_hbm_replaced_rows{{{dev},cause="{cause}"}} 0 {t}'
+    yield f"gaudi_hpu_pcie_link_generation{{{dev}}} 5 {t}"
+    yield f"gaudi_hpu_pcie_link_max_generation{{{dev}}} 5 {t}"
+    yield f"gaudi_hpu_pcie_link_width{{{dev}}} 16 {t}"
+    yield f"gaudi_hpu_pcie_link_max_width{{{dev}}} 16 {t}"
+    # the exporter's own per-HPU counter: node labels and hpu only, 0 from the start (issue 14)
+    yield f'gaudi_hpu_read_errors_total{{{base},hpu="{h.index}"}} {_fmt(h.read_errors)} {t}'
 
 
 def generate(out: Path, nodes: int, hpus: int, days: float, step: int = 30, *,
              clusters: Sequence[str] = ("east", "west"), start: int = DEFAULT_START, chunk_hours: float = 24,
-             restart_every_hours: float = 5 * 24, move_every_hours: float = 36, seed: int = 1) -> FleetData:
+             restart_every_hours: float = 5 * 24, move_every_hours: float = 36, seed: int = 1,
+             all_series: bool = False) -> FleetData:
     """Write ``days`` of scrapes every ``step`` seconds for ``nodes`` nodes per cluster, one file per chunk.
 
     Each node's exporter restarts about every ``restart_every_hours`` (counters from 0, a new instance) and its
-    pods are rescheduled about every ``move_every_hours`` (pods move between namespaces).
+    pods are rescheduled about every ``move_every_hours`` (pods move between namespaces). ``all_series`` adds what
+    only the dashboards and health alerts read (the benchmark; the equivalence test needs the cost series only).
     """
     if step <= 0 or step > 150:
         raise ValueError("step must be 1..150 s: a 5-minute increment needs two samples in its window")
     rng = random.Random(seed)
-    fleet = _Fleet(nodes, hpus, clusters, rng)
+    fleet = _Fleet(nodes, hpus, clusters, rng, all_series)
     for node in fleet.nodes:
         fleet._schedule(node)
     out.mkdir(parents=True, exist_ok=True)
