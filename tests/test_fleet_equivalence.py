@@ -95,6 +95,11 @@ def _comparisons(groups: dict) -> dict[str, tuple[str, str]]:
                                        _panel_expr("gaudi-cost", "Idle share (range)", month)),
         "efficiency panel: busy HPU-hours 30d": ("sum(increase(gaudi_hpu_busy_seconds_total[30d])) / 3600",
                                                  _panel_expr("gaudi-efficiency", "Busy HPU-hours (range)", month)),
+        # the recorded idle HPU-seconds (up - busy per node and 5m) the busy/idle panel reads
+        "idle HPU-seconds 30d (recorded)": (
+            f"sum(sum_over_time(gaudi_hpu_up{{{SEL}}}[30d])) * {STEP}"
+            f" - sum(increase(gaudi_hpu_busy_seconds_total{{{SEL}}}[30d]))",
+            "sum(sum_over_time(cluster:gaudi_hpu_idle_seconds:sum5m[30d]))"),
     }
 
 
