@@ -79,9 +79,11 @@ class Accountant:
         if dt > 0:
             self._integrate(dt, devices, in_force, owners, namespace_index)
         else:
-            # first tick: start the energy counters at the driver's value, so nothing is integrated twice
+            # first tick: start the energy counters at the driver's value, so nothing is integrated twice, and the
+            # per-HPU counters at 0, so increase() over a window that holds the start counts the first interval
             for d in devices:
                 self._energy_delta(d, 0.0)
+                self.devices.setdefault((d.key, owners.get(d.key, ())), DeviceCounters())
         self._rates = rates
         self.last_tick = now
         self.efficiency = self._efficiency(devices)
@@ -135,6 +137,14 @@ class Accountant:
             delta = max(power, 0.0) * dt if power is not None else 0.0
         e.total_joules += delta
         return delta
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop the counters of devices the loop no longer knows (lost past their grace): memory stays bounded."""
+        gone = set(keys)
+        for pair in [p for p in self.devices if p[0] in gone]:
+            del self.devices[pair]
+        for key in gone:
+            self.energy.pop(key, None)
 
     def _efficiency(self, devices: list[DeviceReading]) -> float | None:
         scores = []

@@ -150,7 +150,8 @@ _ALL: list[Metric] = [
     _m("gaudi_hpu_nic_ports", G, "", "NIC ports by link state (up, down): the per-device summary, always exported "
        "(per-port series with --collector.hpu.nic-ports=per-port).", ("state",), group=Group.HPU, per_device=True),
     _m("gaudi_hpu_read_errors_total", C, "", "Failed reads of an HPU (driver error, garbled hl-smi line, lost "
-       "device).", ("hpu",), group=Group.HPU),
+       "device), 0 from the HPU's first read; hpu=\"unknown\" counts errors that name no known HPU.",
+       ("hpu", "uuid"), group=Group.HPU),
     # --- host
     _m("gaudi_host_cpu_utilization_ratio", G, "ratio", "Host CPU utilisation, 0-1, since the previous tick.",
        group=Group.HOST),

@@ -83,6 +83,8 @@ OPTIONS: list[Option] = [
     Opt("hlsmi.path", str, "hl-smi", "path of the hl-smi tool", group="devices"),
     Opt("hlsmi.timeout", float, 10.0, "seconds before an hl-smi run counts as failed", minimum=0.1,
         group="devices"),
+    Opt("hpu.lost_grace_seconds", float, 3600.0, "seconds a lost HPU keeps gaudi_hpu_up 0 and its error series "
+        "before they are dropped (at most 64 lost HPUs are kept)", minimum=0, group="devices"),
     Opt("interval", float, 5.0, "seconds between collection ticks", minimum=0.1),
     Opt("slow_interval", float, 60.0, "seconds between reads of slow-changing values (ECC, NIC links, firmware)",
       minimum=0.1),

@@ -12,6 +12,7 @@ from exporter.backends.base import BackendUnavailable
 from exporter.config import ConfigError, Settings, node_name
 from exporter.exposition import Renderer
 from exporter.http import Site, parse_listen_address, serve
+from exporter.known_devices import KnownDevices
 from exporter.loop import Loop
 from exporter.signals import install_signal_handlers
 
@@ -106,7 +107,8 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
         collectors.append(CheckpointCollector(tracker))
     loop = Loop(collectors, interval=settings["interval"], version=__version__, backend=backend.name,
                 accountant=Accountant(efficiency_target=settings["efficiency.target"]),
-                attribution_labels=attribution, renderer=Renderer(nic_ports=settings["collectors.hpu.nic_ports"]))
+                attribution_labels=attribution, renderer=Renderer(nic_ports=settings["collectors.hpu.nic_ports"]),
+                known_devices=KnownDevices(settings["hpu.lost_grace_seconds"]))
     return loop, tracker, [backend]
 
 

@@ -37,7 +37,7 @@ class View:
     attribution_labels: tuple[str, ...] = ()
     owners: dict[str, Owner] = field(default_factory=dict)
     known_devices: dict[str, DeviceIdentity] = field(default_factory=dict)
-    read_errors: dict[str, int] = field(default_factory=dict)
+    read_errors: dict[tuple[str, str], int] = field(default_factory=dict)  # (hpu, uuid) -> count
     prices: object | None = None  # exporter.pricing.base.NodePrices
     identity: object | None = None  # exporter.pricing.base.NodeIdentity
     notices: object | None = None  # exporter.aws.imds.SpotNotices
@@ -186,8 +186,8 @@ class ViewCollector:
         yield from (info, up, util, busy, mem_used, mem_total, power, limit, energy, temp, clock, ecc, throttled,
                     replays, nic_ports, nic, *health.families(), cost, idle)
         errors = _family("gaudi_hpu_read_errors_total")
-        for hpu, n in sorted(v.read_errors.items()):
-            errors.add_metric([hpu], n)
+        for (hpu, uuid), n in sorted(v.read_errors.items()):
+            errors.add_metric([hpu, uuid], n)
         yield errors
 
     def _host(self, v: View) -> Iterator[Metric]:

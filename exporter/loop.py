@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from exporter.accounting import Accountant, Rates
 from exporter.exposition import CollectorStat, Exposition, Renderer, View
-from exporter.readings import BackendResult, DeviceIdentity, HostReading, Snapshot
+from exporter.known_devices import KnownDevices
+from exporter.readings import BackendResult, HostReading, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class Attribution:
 class Loop:
     def __init__(self, collectors: list, *, interval: float, version: str, backend: str, mode: str = "node",
                  accountant: Accountant | None = None, renderer: Renderer | None = None,
-                 attribution_labels: tuple[str, ...] = (), clock: Callable[[], float] = time.time) -> None:
+                 attribution_labels: tuple[str, ...] = (), clock: Callable[[], float] = time.time,
+                 known_devices: KnownDevices | None = None) -> None:
         self.collectors = collectors
         self.interval = interval
         self.version, self.backend, self.mode = version, backend, mode
@@ -48,8 +50,7 @@ class Loop:
         self.clock = clock
         self.ticks = 0
         self.last_tick_finished: float | None = None  # monotonic
-        self.known_devices: dict[str, DeviceIdentity] = {}
-        self.read_errors: dict[str, int] = {}
+        self.devices = known_devices or KnownDevices()
         self._failing: dict[str, str] = {}
         self._last: dict[str, object] = {}
         self.exposition: Exposition = self.renderer.render(View(version=version, backend=backend, mode=mode))
@@ -80,10 +81,12 @@ class Loop:
         hpu = results.get("hpu")
         devices = hpu.devices if isinstance(hpu, BackendResult) else ()
         errors = hpu.errors if isinstance(hpu, BackendResult) else ()
-        for d in devices:
-            self.known_devices[d.key] = d.identity
-        for e in errors:
-            self.read_errors[str(e.index)] = self.read_errors.get(str(e.index), 0) + 1
+        if "hpu" in stats and stats["hpu"].success:  # a failed backend read says nothing about single devices
+            forgotten = self.devices.observe(now, devices, errors)
+            if forgotten:
+                log.info("forgot %d HPU(s) lost for over %gs (or beyond the %d lost HPUs kept): %s", len(forgotten),
+                         self.devices.grace_seconds, self.devices.max_lost, ", ".join(forgotten[:8]))
+                self.accountant.forget(forgotten)
         host = results.get("host")
         snapshot = Snapshot(timestamp=now, devices=tuple(devices), errors=tuple(errors),
                             host=host if isinstance(host, HostReading) else None)
@@ -102,7 +105,8 @@ class Loop:
         view = View(
             version=self.version, backend=self.backend, mode=self.mode, snapshot=snapshot, stats=stats,
             accountant=self.accountant, attribution_labels=self.attribution_labels, owners=owners,
-            known_devices=dict(self.known_devices), read_errors=dict(self.read_errors),
+            known_devices=dict(self.devices.identities),
+            read_errors=self.devices.error_series() if "hpu" in stats else {},
             prices=getattr(pricing, "prices", None), identity=getattr(pricing, "identity", None),
             notices=results.get("spot"), checkpoint_time=results.get("checkpoint"),  # type: ignore[arg-type]
             market=results.get("market"), ticks=self.ticks, last_collection=self.clock(),

@@ -72,16 +72,22 @@ class DeviceReading:
 
 @dataclass(frozen=True)
 class DeviceError:
-    """A device that could not be read this tick (it stays in the device list, its series pause)."""
+    """A device that could not be read this tick (it stays in the device list, its series pause).
 
-    index: int
+    ``index`` is None and ``uuid`` "" when the backend cannot tell which device the failure is about (a line of
+    hl-smi noise): the loop counts those under one "unknown" series.
+    """
+
+    index: int | None
     uuid: str
     message: str
     serial: str = ""  # the last known serial: a failing device keeps its identity in logs
 
     @property
     def key(self) -> str:
-        return self.uuid or f"index-{self.index}"
+        if self.uuid:
+            return self.uuid
+        return f"index-{self.index}" if self.index is not None else "unknown"
 
 
 @dataclass(frozen=True)

@@ -162,7 +162,8 @@ def test_garbled_lines_are_device_errors_and_counted(scenario):
     assert "temperature.aip" in cells[2].message and "'W', expected C" in cells[2].message
     [noise] = [e for e in result.errors if "timed out" in e.message]
     assert f"expected {len(backend.slow_fields)} fields" in noise.message
-    assert noise.index == 3  # no index on the line: its line number among the data lines (0-based)
+    assert noise.index is None and noise.uuid == ""  # names no device: never blamed on the HPU with its line number
+    assert "line 4" in noise.message and "no device named" in noise.message
     assert backend.line_errors_total == first + 3
     backend.read(slow=False)
     assert backend.line_errors_total == first + 6

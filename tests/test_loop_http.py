@@ -78,7 +78,9 @@ def test_a_lost_device_stops_its_series_and_counts_errors():
     up = series(exp, "gaudi_hpu_up")
     assert up[(("hpu", "7"), ("uuid", "SIM-HL-325L-0001-07"))] == 0
     assert sum(up.values()) == 7
-    assert series(exp, "gaudi_hpu_read_errors_total")[(("hpu", "7"),)] == 2
+    errors = series(exp, "gaudi_hpu_read_errors_total")
+    assert errors[(("hpu", "7"), ("uuid", "SIM-HL-325L-0001-07"))] == 2
+    assert errors[(("hpu", "0"), ("uuid", "SIM-HL-325L-0001-00"))] == 0  # every known HPU from its first read
 
 
 def test_slow_readings_follow_their_own_cadence():

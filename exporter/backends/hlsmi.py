@@ -2,15 +2,18 @@
 
 hl-smi prints one line per device, values separated by ", ", with units ("131072 MiB", "226 W", "36 C",
 "0 %", "1600 MHz") unless ``nounits`` was asked for; we accept both. A line we cannot parse is that device's
-error, never the whole backend's; a failed or hung hl-smi is the whole backend's.
+error, never the whole backend's; a failed or hung hl-smi is the whole backend's. hl-smi runs in its own process
+group, so a timeout kills whatever it started too (a wrapper script's hung child included).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +65,12 @@ _UNITS: dict[str, tuple[str, dict[str, float]]] = {
     "pcie.link.gen.max": ("", {"": 1}),
     "clocks.max.soc": ("MHz", {"hz": 1, "khz": 1e3, "mhz": 1e6, "ghz": 1e9}),
 }
-_NUMBER = re.compile(r"^([-+]?\d+(?:\.\d+)?)\s*([A-Za-z%]*)$")
+# ASCII digits only: hl-smi prints nothing else, and a Unicode digit in a cell is damage, not a number.
+_NUMBER = re.compile(r"^([-+]?[0-9]+(?:\.[0-9]+)?)\s*([A-Za-z%]*)$", re.ASCII)
+_INDEX = re.compile(r"^[0-9]{1,5}$", re.ASCII)  # a device index: a small non-negative integer
+MAX_INDEX = 65535
+# Counts and sizes cannot be negative: a negative one would make an exported counter go down.
+_NON_NEGATIVE = ("memory.", "ecc.")
 _BANNER = re.compile(r"^\s*(#|habanalabs hl-smi)", re.IGNORECASE)  # version banner some releases print first
 
 
@@ -71,24 +79,41 @@ class HlSmiError(RuntimeError):
 
 
 class LineError(ValueError):
-    """One CSV line could not be parsed; the message names the field."""
+    """One CSV line could not be parsed; the message names the field.
+
+    ``args`` is (message,) from parse_value, and (message, index or None, uuid) from parse_line: who the line
+    is about, as far as the line says.
+    """
 
 
 def parse_value(field: str, raw: str) -> float | str | None:
-    """One CSV cell -> base-unit number, text, or None when hl-smi reports it unavailable."""
+    """One CSV cell -> finite base-unit number, text, or None when hl-smi reports it unavailable.
+
+    Anything else (not a number, a wrong unit, a Unicode digit, a value too large for a float) is a LineError
+    naming the field: it must never reach the exposition as +Inf or escape as another exception.
+    """
     value = raw.strip()
     if value.strip("[]").strip().lower() in NOT_AVAILABLE:
         return None
     if field not in _UNITS:
         return value
+    if field == "index":
+        if not _INDEX.match(value) or int(value) > MAX_INDEX:
+            raise LineError(f"field index is not a device index (an integer 0-{MAX_INDEX}): {_clip(value, 40)!r}")
+        return float(value)
     default_unit, factors = _UNITS[field]
     m = _NUMBER.match(value)
     if not m:
-        raise LineError(f"field {field} is not a number: {raw.strip()!r}")
+        raise LineError(f"field {field} is not a number: {_clip(value, 40)!r}")
     unit = (m.group(2) or default_unit).lower()
     if unit not in factors:
         raise LineError(f"field {field} has unit {m.group(2)!r}, expected {default_unit or 'none'}")
-    return float(m.group(1)) * factors[unit]
+    number = float(m.group(1)) * factors[unit]
+    if not math.isfinite(number):
+        raise LineError(f"field {field} is out of range: {_clip(value, 40)!r}")
+    if number < 0 and field.startswith(_NON_NEGATIVE):
+        raise LineError(f"field {field} is negative: {_clip(value, 40)!r}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -99,11 +124,18 @@ class _Row:
 
 
 def parse_line(line: str, fields: tuple[str, ...], line_number: int) -> _Row:
-    """Split and convert one line; raises LineError naming the line and field."""
+    """Split and convert one line; raises LineError naming the line and field, and who the line is about.
+
+    The index and uuid it names are taken only from well-formed cells; a line that names no device has index None
+    (the loop counts it as an unknown device's error, never as the device whose number is its line number).
+    """
     cells = [c.strip() for c in line.split(",")]
-    index_guess, uuid_guess = line_number, ""  # who the line is about, even when it is broken
-    if "index" in fields and fields.index("index") < len(cells) and cells[fields.index("index")].isdigit():
-        index_guess = int(cells[fields.index("index")])
+    index_guess: int | None = None
+    uuid_guess = ""
+    if "index" in fields and fields.index("index") < len(cells):
+        cell = cells[fields.index("index")]
+        if _INDEX.match(cell) and int(cell) <= MAX_INDEX:
+            index_guess = int(cell)
     if len(cells) == len(fields) and "uuid" in fields:
         uuid_guess = cells[fields.index("uuid")]
     try:
@@ -112,14 +144,18 @@ def parse_line(line: str, fields: tuple[str, ...], line_number: int) -> _Row:
             raise LineError(f"expected {len(fields)} fields, got {len(cells)}{missing}")
         values = {f: parse_value(f, c) for f, c in zip(fields, cells, strict=True)}
     except LineError as e:
-        where = f"hl-smi line {line_number + 1} ({_clip(line)!r})"
-        raise LineError(f"{where}: {e}", index_guess, uuid_guess) from e
+        who = f"HPU {index_guess}" if index_guess is not None else "no device named"
+        where = f"hl-smi line {line_number + 1} ({who}: {_clip(line)!r})"
+        raise LineError(f"{where}: {e.args[0]}", index_guess, uuid_guess) from e
     index = values.get("index")
-    index = int(index) if isinstance(index, float) else index_guess
-    return _Row(index, str(values.get("uuid") or ""), values)
+    if not isinstance(index, float):
+        where = f"hl-smi line {line_number + 1} ({_clip(line)!r})"
+        raise LineError(f"{where}: field index is not available", None, uuid_guess)
+    return _Row(int(index), str(values.get("uuid") or ""), values)
 
 
 def _clip(line: str, limit: int = 160) -> str:
+    """A cell or line short enough for a log line and an error message."""
     return line if len(line) <= limit else line[:limit] + "..."
 
 
@@ -185,9 +221,10 @@ def to_reading(row: _Row, slow: bool) -> DeviceReading:
 
 
 def parse_output(stdout: str, fields: tuple[str, ...], slow: bool) -> BackendResult:
-    """The whole CSV output -> readings and per-line errors."""
+    """The whole CSV output -> readings and per-line errors; no line can fail the others."""
     devices: list[DeviceReading] = []
     errors: list[DeviceError] = []
+    seen: set[str] = set()
     line_number = 0
     for line in stdout.splitlines():
         if not line.strip() or _BANNER.match(line):
@@ -195,19 +232,62 @@ def parse_output(stdout: str, fields: tuple[str, ...], slow: bool) -> BackendRes
         if line.split(",")[0].strip() == fields[0]:  # a header row, if this hl-smi ignored noheader
             continue
         try:
-            devices.append(to_reading(parse_line(line, fields, line_number), slow))
+            reading = to_reading(parse_line(line, fields, line_number), slow)
+            if reading.key in seen:  # the same device twice would export duplicate series
+                raise LineError(f"hl-smi line {line_number + 1} ({_clip(line)!r}): HPU {reading.identity.index} "
+                                f"({reading.identity.uuid or 'no uuid'}) is on an earlier line too",
+                                reading.identity.index, reading.identity.uuid)
+            seen.add(reading.key)
+            devices.append(reading)
         except LineError as e:
             message, index, uuid = e.args
             errors.append(DeviceError(index, uuid, message))
+        except Exception as e:  # noqa: BLE001 - a parser bug costs one line, never the whole read
+            log.error("hl-smi line %d could not be parsed (a bug, please report it): %r", line_number + 1, e)
+            errors.append(DeviceError(None, "", f"hl-smi line {line_number + 1}: {type(e).__name__}: {e}"))
         line_number += 1
     return BackendResult(devices=tuple(devices), errors=tuple(errors))
+
+
+def run_in_group(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in a new session (its own process group); on timeout kill the whole group, then reap it.
+
+    Killing only the direct child leaves a wrapper script's children running (and holding our pipes). The group
+    is killed before the leader is reaped, so its id cannot have been reused by then.
+    """
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, errors="replace", start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        try:
+            proc.communicate(timeout=5)  # every writer in the group is dead: the pipes close, the leader is reaped
+        except subprocess.TimeoutExpired:  # a process that left the group still holds a pipe: stop reading
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+            proc.wait()
+        raise
+    except BaseException:  # interrupted: leave nothing behind
+        _kill_group(proc)
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
 
 
 class HlSmiBackend:
     name = "hlsmi"
 
     def __init__(self, path: str = "hl-smi", *, timeout: float = DEFAULT_TIMEOUT,
-                 run: Callable[..., subprocess.CompletedProcess] = subprocess.run) -> None:
+                 run: Callable[[list[str], float], subprocess.CompletedProcess] = run_in_group) -> None:
         self.path = path
         self.timeout = timeout
         self._run = run
@@ -296,8 +376,7 @@ class HlSmiBackend:
             raise HlSmiError("hlsmi backend read before open() succeeded")
         cmd = self.command(slow)
         try:
-            proc = self._run(cmd, capture_output=True, text=True, timeout=self.timeout, check=False,
-                             errors="replace")
+            proc = self._run(cmd, self.timeout)
         except subprocess.TimeoutExpired as e:
             raise HlSmiError(f"{self._exe} did not answer within {self.timeout:g} s") from e
         except OSError as e:
@@ -310,5 +389,5 @@ class HlSmiBackend:
         if result.errors:
             self.line_errors_total += len(result.errors)
             for err in result.errors:  # the HPU collector reports them; this is for debugging the parser
-                log.debug("HPU %d: %s", err.index, err.message)
+                log.debug("HPU %s: %s", err.index, err.message)
         return result

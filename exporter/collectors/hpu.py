@@ -10,6 +10,9 @@ from exporter.readings import BackendResult, DeviceReading, SlowReading
 
 log = logging.getLogger(__name__)
 
+MAX_LOGGED_ERRORS = 10  # new read errors logged per tick; the rest are counted
+MAX_TRACKED_FAILING = 1024  # failing keys remembered (for "readable again"); junk output must not grow it
+
 
 class HpuCollector:
     """Wraps a backend; asks for slow readings every ``slow_interval`` seconds and reuses them in between."""
@@ -37,17 +40,21 @@ class HpuCollector:
                 d = replace(d, slow=self._slow[d.key])
             devices.append(d)
         failing = {e.key for e in result.errors}
-        for e in result.errors:
-            if e.key not in self._failing:
-                log.error("HPU %d (uuid %s, serial %s) could not be read: %s", e.index, e.uuid or "unknown",
-                          e.serial or "unknown", e.message)
+        new = [e for e in result.errors if e.key not in self._failing]
+        for e in new[:MAX_LOGGED_ERRORS]:
+            who = f"HPU {e.index}" if e.index is not None else "an unnamed HPU"
+            log.error("%s (uuid %s, serial %s) could not be read: %s", who, e.uuid or "unknown",
+                      e.serial or "unknown", e.message)
+        if len(new) > MAX_LOGGED_ERRORS:  # junk output must not flood the log: say how much was left out
+            log.error("%d more HPU read errors this tick (see gaudi_hpu_read_errors_total)",
+                      len(new) - MAX_LOGGED_ERRORS)
         readable = {d.key for d in devices}
-        for key in self._failing - failing:
+        for key in sorted(self._failing - failing)[:MAX_LOGGED_ERRORS]:
             if key in readable:  # not when it merely stopped being listed
                 log.info("HPU %s is readable again", key)
             else:
                 log.warning("HPU %s is no longer listed by the driver", key)
-        self._failing = failing
+        self._failing = failing if len(failing) <= MAX_TRACKED_FAILING else set()
         return BackendResult(devices=tuple(self._monotonic_throttle(d) for d in devices), errors=result.errors)
 
     def _monotonic_throttle(self, d: DeviceReading) -> DeviceReading:
