@@ -58,6 +58,7 @@ class Accountant:
     energy: dict[str, _Energy] = field(default_factory=dict)
     efficiency: float | None = None
     energy_priced: bool = False  # an electricity price was ever in force: gaudi_energy_cost_usd_total is meaningful
+    priced: bool = False  # a node price was ever in force: the cost series mean something (never an invented 0)
     last_tick: float | None = None
     _rates: Rates = field(default_factory=Rates)
     _checkpoint: tuple[float, float] | None = None  # (checkpoint time, node cost then)
@@ -76,6 +77,7 @@ class Accountant:
         dt = 0.0 if self.last_tick is None else max(0.0, now - self.last_tick)
         in_force = self._rates
         self.energy_priced = self.energy_priced or _finite(rates.electricity_usd_per_kwh) is not None
+        self.priced = self.priced or _price(rates.paid_usd_per_hour) is not None  # accrues from the next interval
         if dt > 0:
             self._integrate(dt, devices, in_force, owners, namespace_index)
         else:

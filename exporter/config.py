@@ -94,8 +94,8 @@ OPTIONS: list[Option] = [
       group="pricing"),
     Opt("pricing.static.usd_per_hour", float, None, "node price in USD per hour", nullable=True, minimum=0,
       group="pricing"),
-    Opt("pricing.static.entry", str, None, "built-in price list entry (see docs/pricing.md); default: chosen by "
-      "instance type or device model", nullable=True, group="pricing"),
+    Opt("pricing.static.entry", str, None, "built-in price list entry (see docs/pricing.md) for a node that is that "
+      "offering; default: the entry of this node's instance type, if any", nullable=True, group="pricing"),
     Opt("pricing.on_prem.hardware_usd", float, None, "purchase price of the node", nullable=True, minimum=0,
       group="pricing"),
     Opt("pricing.on_prem.amortization_years", float, 4.0, "years over which the hardware is amortised",

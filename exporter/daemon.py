@@ -87,8 +87,8 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
 
         section = settings.section("pricing")
         try:
-            source = pricing.create(section, identity, device_model=backend_model(backend) or "")
-        except ValueError as e:  # settings that only this node's identity shows wrong (e.g. aws off EC2)
+            source = pricing.create(section, identity)
+        except ValueError as e:  # settings that only this node's identity shows wrong
             raise ConfigError(f"pricing: {e}") from e
         pc = PricingCollector(source, identity, electricity_usd_per_kwh=settings["pricing.electricity.usd_per_kwh"],
                               pue=settings["pricing.electricity.pue"])
@@ -110,12 +110,6 @@ def build_node(settings: Settings, stop: threading.Event) -> tuple[Loop, object,
                 attribution_labels=attribution, renderer=Renderer(nic_ports=settings["collectors.hpu.nic_ports"]),
                 known_devices=KnownDevices(settings["hpu.lost_grace_seconds"]))
     return loop, tracker, [backend]
-
-
-def backend_model(backend: object) -> str | None:
-    """The device name (e.g. HL-325L) for choosing a built-in price when none is configured."""
-    model = getattr(backend, "model", None)
-    return getattr(model, "name", None) if model is not None else None
 
 
 def build_market(settings: Settings, stop: threading.Event) -> Loop:

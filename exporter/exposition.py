@@ -178,8 +178,9 @@ class ViewCollector:
                 counters = acct.devices.get((key, v.owners.get(key, ())))
                 if counters is not None:
                     busy.add_metric(base, counters.busy_seconds)
-                    cost.add_metric(base, counters.cost_usd)
-                    idle.add_metric(base, counters.idle_cost_usd)
+                    if acct.priced:  # without a price there is no cost, not a cost of 0
+                        cost.add_metric(base, counters.cost_usd)
+                        idle.add_metric(base, counters.idle_cost_usd)
         for key, ident in sorted(v.known_devices.items()):
             if key not in seen:  # lost: only gaudi_hpu_up 0 remains, no stale values
                 up.add_metric([str(ident.index), ident.uuid, *empty], 0)
@@ -226,8 +227,9 @@ class ViewCollector:
                 f.add_metric([source, reason], n)
             yield f
         if acct is not None:
+            # no node price ever in force: no node/HPU/namespace cost series at all, rather than an invented 0
             totals = [("gaudi_node_cost_usd_total", acct.node_cost_usd),
-                      ("gaudi_spot_savings_usd_total", acct.spot_savings_usd)]
+                      ("gaudi_spot_savings_usd_total", acct.spot_savings_usd)] if acct.priced else []
             if acct.energy_priced:
                 totals.append(("gaudi_energy_cost_usd_total", acct.energy_cost_usd))
             for name, value in totals:
@@ -238,7 +240,7 @@ class ViewCollector:
                 f = _family("gaudi_cost_efficiency_ratio")
                 f.add_metric([], acct.efficiency)
                 yield f
-            if "namespace" in v.attribution_labels:
+            if "namespace" in v.attribution_labels and acct.priced:
                 f = _family("gaudi_namespace_cost_usd_total")
                 for ns, value in sorted(acct.namespace_cost_usd.items()):
                     f.add_metric([ns], value)
@@ -250,7 +252,7 @@ class ViewCollector:
                 f = _family("gaudi_checkpoint_last_timestamp_seconds")
                 f.add_metric([], v.checkpoint_time)
                 yield f
-            if "checkpoint" in v.stats:  # tracking is on; with no checkpoint yet, everything so far is at risk
+            if "checkpoint" in v.stats and acct.priced:  # with no checkpoint yet, everything so far is at risk
                 risk = acct.cost_at_risk(v.checkpoint_time)
                 f = _family("gaudi_cost_at_risk_usd")
                 f.add_metric([], acct.node_cost_usd if risk is None else risk)

@@ -56,13 +56,12 @@ def test_built_in_entry_by_name_carries_its_source_and_date(entry, usd, date):
     assert p.last_success == {f"static:{entry}": NOW}
 
 
-def test_built_in_entry_chosen_by_instance_type_or_device_model():
+def test_built_in_entry_chosen_by_instance_type_only():
     by_type = make({"source": "static", "static": {}}, NodeIdentity(instance_type="dl1.24xlarge"))
     assert by_type.prices(NOW).paid.source == "static:aws-dl1.24xlarge-us-east-1-2026-08"
-    gaudi3 = make({"source": "static"}, NodeIdentity(), device_model="HL-325L")
+    gaudi3 = make({"source": "static"}, NodeIdentity(instance_type="bm-gnr-gaudi3-smc"))
     assert gaudi3.prices(NOW).paid.usd_per_hour == 19.92
-    gaudi2 = make({"source": "static"}, NodeIdentity(), device_model="HL-225")
-    assert gaudi2.prices(NOW).paid.usd_per_hour == 10.40
+    assert make({"source": "static"}, NodeIdentity()).prices(NOW).paid is None  # no offering, no price
 
 
 def test_no_invented_prices_in_the_price_list():
@@ -86,7 +85,6 @@ def test_docs_list_every_built_in_price_with_source_and_date():
     ({"source": "static", "static": {"usd_per_hour": "ten"}}, "pricing.static.usd_per_hour"),
     ({"source": "static", "static": {"usd_per_hour": math.nan}}, "pricing.static.usd_per_hour"),
     ({"source": "static", "static": {"entry": "dl2q.48xlarge"}}, "pricing.static.entry"),
-    ({"source": "static", "static": {}}, "pricing.static.usd_per_hour"),
     ({"source": "spot-market"}, "pricing.source"),
     ({"source": "on_prem", "on_prem": {"hardware_usd": 300000, "amortization_years": 0}},
      "pricing.on_prem.amortization_years"),

@@ -63,6 +63,7 @@ class PricingCollector:
         )
         result = PricingResult(prices, self.identity, rates)
         if paid is None and attempted:
-            raise PartialFailure(f"no price yet from pricing source {self.source.name!r}; cost counters are not "
-                                 "advancing (see gaudi_pricing_errors_total)", result)
+            problem = getattr(self.source, "problem", None)  # a source that can never price says what to set
+            raise PartialFailure(problem or f"no price yet from pricing source {self.source.name!r}; cost counters "
+                                 "are not advancing (see gaudi_pricing_errors_total)", result)
         return result

@@ -29,12 +29,11 @@ def electricity(settings: dict) -> tuple[float | None, float]:
 
 
 def create(settings: dict, identity: NodeIdentity, *, clock: Callable[[], float] = time.time, ec2_client=None,
-           pricing_client=None, device_model: str = "",
-           random: Callable[[], float] = _random.random) -> PriceSource:
+           pricing_client=None, random: Callable[[], float] = _random.random) -> PriceSource:
     """Build the configured price source; ValueError naming the key on bad settings.
 
-    ``device_model`` (e.g. "HL-325L") lets a static source pick a built-in entry when there is no instance
-    type.
+    A static source with no price and no built-in entry for this node's instance type is an Unpriced source
+    (never an error: the daemon starts, the pricing collector reports the missing price).
     """
     source = settings.get("source", "static")
     if source not in SOURCES:
@@ -43,7 +42,7 @@ def create(settings: dict, identity: NodeIdentity, *, clock: Callable[[], float]
     if source == "static":
         from exporter.pricing.static import create_static
 
-        return create_static(settings.get("static") or {}, identity, clock, device_model)
+        return create_static(settings.get("static") or {}, identity, clock)
     if source == "on_prem":
         from exporter.pricing.on_prem import create_on_prem
 

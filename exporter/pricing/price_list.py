@@ -81,15 +81,14 @@ def by_name(name: str) -> PriceListEntry:
     raise ValueError(f"pricing.static.entry {name!r} is not a built-in price; known entries: {known}")
 
 
-def find(instance_type: str = "", device_model: str = "") -> PriceListEntry | None:
-    """The entry for an instance type, else for a device model (a Gaudi 3 node is priced as Tiber's)."""
+def find(instance_type: str) -> PriceListEntry | None:
+    """The entry for this node's offering, by its instance type; None when the node is not a listed offering.
+
+    Only the instance type can say that a node IS an offering: a device model alone never picks a price (an
+    on-prem Gaudi 3 box is not Intel Tiber's rental, a 2-card box not an 8-card one).
+    """
     if instance_type:
         for e in ENTRIES:
             if e.instance_type and e.instance_type == instance_type:
-                return e
-    if device_model:
-        want = device_model.upper()[:6]  # "HL-325L" and "HL-325" are both Gaudi 3
-        for e in ENTRIES:
-            if e.device_model.upper()[:6] == want:
                 return e
     return None
