@@ -43,8 +43,14 @@ class SpotNotices:
     rebalance_time: float | None = None  # unix time of the recommendation
 
 
-def _rfc3339(s: str) -> float:
-    return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+def _rfc3339(s: object) -> float:
+    """An RFC 3339 time as IMDS writes it -> unix time; ValueError for anything else (a number, a year 0)."""
+    if not isinstance(s, str):
+        raise ValueError(f"expected an RFC 3339 time string, got {s!r}")
+    try:
+        return datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
+    except OverflowError as e:
+        raise ValueError(f"time {s!r} out of range") from e
 
 
 class Imds:
@@ -136,14 +142,14 @@ class Imds:
             try:
                 doc = json.loads(action)
                 what, when = str(doc["action"]), _rfc3339(doc["time"])
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
                 raise ImdsError(f"IMDS spot/instance-action is not documented JSON: {action[:200]!r}") from e
             pending = True
         rb, rb_time = False, None
         if rebalance:
             try:
                 rb_time = _rfc3339(json.loads(rebalance)["noticeTime"])
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, RecursionError) as e:
                 raise ImdsError(f"IMDS rebalance is not documented JSON: {rebalance[:200]!r}") from e
             rb = True
         return SpotNotices(pending, when, what, rb, rb_time)

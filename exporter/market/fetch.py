@@ -70,6 +70,10 @@ def load_market_file(path: str) -> MarketFile:
         raise ValueError(f"market file {path}: cannot read: {e.strerror or e}") from e
     except json.JSONDecodeError as e:
         raise ValueError(f"market file {path}: not JSON: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"market file {path}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise ValueError(f"market file {path}: nested too deeply to be a price history") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("SpotPriceHistory"), list):
         raise ValueError(f"market file {path}: expected an object with a SpotPriceHistory list, as printed "
                          "by `aws ec2 describe-spot-price-history`")
@@ -80,13 +84,15 @@ def load_market_file(path: str) -> MarketFile:
         except ValueError as e:
             raise ValueError(f"market file {path}: SpotPriceHistory[{i}]: {e}") from e
     on_demand: dict[tuple[str, str], float] = {}
+    if not isinstance(doc.get("OnDemand") or [], list):
+        raise ValueError(f"market file {path}: OnDemand must be a list of {{Region, InstanceType, USD}}")
     for i, item in enumerate(doc.get("OnDemand") or []):
         try:
             usd = float(item["USD"])
             if not math.isfinite(usd) or usd <= 0:
                 raise ValueError("USD must be > 0")
             on_demand[(str(item["Region"]), str(item["InstanceType"]))] = usd
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise ValueError(f"market file {path}: OnDemand[{i}] needs Region, InstanceType, USD > 0: {e}") \
                 from e
     comment = str(doc.get("Comment") or doc.get("_sample") or "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random as _random
 import threading
 from collections.abc import Callable, Iterable
@@ -84,13 +85,22 @@ def error_reason(exc: BaseException) -> str:
 
 
 def _to_unix(ts: object) -> float:
-    if isinstance(ts, datetime):
-        return (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
-    if isinstance(ts, int | float):
-        return float(ts)
-    s = str(ts).replace("Z", "+00:00")
-    dt = datetime.fromisoformat(s)
-    return (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    """A Timestamp as boto3 (datetime) or the CLI's JSON (ISO string) gives it -> finite unix time; ValueError."""
+    try:
+        if isinstance(ts, datetime):
+            out = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
+        elif isinstance(ts, int | float) and not isinstance(ts, bool):
+            out = float(ts)
+        elif isinstance(ts, str):
+            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+            out = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+        else:
+            raise ValueError(f"Timestamp must be a time, got {ts!r}")
+    except OverflowError as e:
+        raise ValueError(f"Timestamp {ts!r} out of range") from e
+    if not math.isfinite(out):
+        raise ValueError(f"Timestamp {ts!r} is not finite")
+    return out
 
 
 def parse_spot_row(item: dict) -> SpotRow:
@@ -99,8 +109,8 @@ def parse_spot_row(item: dict) -> SpotRow:
         price = float(item["SpotPrice"])
         row = SpotRow(str(item["AvailabilityZone"]), str(item["InstanceType"]),
                       str(item["ProductDescription"]), price, _to_unix(item["Timestamp"]))
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"bad SpotPriceHistory item {item!r}: {e}") from e
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ValueError(f"bad SpotPriceHistory item {str(item)[:200]}: {str(e)[:200]}") from e
     if not price >= 0 or price == float("inf"):
         raise ValueError(f"bad SpotPrice {item.get('SpotPrice')!r}")
     return row
@@ -145,20 +155,41 @@ def on_demand_filters(region: str, instance_type: str, product: str = "Linux/UNI
     ]
 
 
-def parse_on_demand(price_list: Iterable[str]) -> list[float]:
-    """Hourly USD prices in the OnDemand terms of GetProducts' PriceList (each item is a JSON string)."""
+def parse_on_demand(price_list: Iterable[object]) -> list[float]:
+    """Hourly USD prices in the OnDemand terms of GetProducts' PriceList (each item is a JSON string).
+
+    A document that is not shaped like a price list product is a ValueError naming what is wrong, never another
+    exception; a price that is not a finite number > 0 is skipped.
+    """
     prices: list[float] = []
-    for raw in price_list:
-        doc = json.loads(raw) if isinstance(raw, str) else raw
-        for term in (doc.get("terms", {}).get("OnDemand") or {}).values():
-            for dim in (term.get("priceDimensions") or {}).values():
-                usd = dim.get("pricePerUnit", {}).get("USD")
+    for i, raw in enumerate(price_list):
+        try:
+            doc = json.loads(raw) if isinstance(raw, str | bytes) else raw
+        except (ValueError, RecursionError) as e:
+            raise ValueError(f"PriceList[{i}] is not JSON: {str(e)[:200]}") from None
+        terms = _mapping(_mapping(doc, f"PriceList[{i}]").get("terms", {}), f"PriceList[{i}].terms")
+        for term in _mapping(terms.get("OnDemand") or {}, f"PriceList[{i}].terms.OnDemand").values():
+            dims = _mapping(_mapping(term, f"PriceList[{i}] OnDemand term").get("priceDimensions") or {},
+                            f"PriceList[{i}] priceDimensions")
+            for dim in dims.values():
+                dim = _mapping(dim, f"PriceList[{i}] price dimension")
+                usd = _mapping(dim.get("pricePerUnit", {}), f"PriceList[{i}] pricePerUnit").get("USD")
                 if usd is None or dim.get("unit", "Hrs") not in ("Hrs", "Hours"):
                     continue
-                v = float(usd)
-                if v > 0:
+                try:
+                    v = float(usd)
+                except (TypeError, ValueError, OverflowError):
+                    raise ValueError(f"PriceList[{i}] pricePerUnit.USD is not a number: {str(usd)[:40]!r}") \
+                        from None
+                if math.isfinite(v) and v > 0:
                     prices.append(v)
     return prices
+
+
+def _mapping(value: object, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is not an object: {str(value)[:80]!r}")
+    return value
 
 
 def on_demand_price(pricing_client, region: str, instance_type: str, product: str = "Linux/UNIX") -> float:
