@@ -160,6 +160,7 @@ def _imds() -> FakeImds:
 def teardown_module() -> None:
     for fake in FAKE_IMDS:
         fake.__exit__(None, None, None)
+    teardown_module_aws()
 
 
 @FEW
@@ -259,3 +260,47 @@ def test_market_file_loads_or_raises_value_error_naming_the_file_and_refresh_nev
         snap = watcher.snapshot()
         assert all(math.isfinite(s[-1]) for s in snap.spot) and all(math.isfinite(o[-1]) for o in snap.on_demand)
 
+
+
+FAKE_AWS: list = []
+
+
+def _aws():
+    """One fake AWS server and one real boto3 client per service for every case (started lazily)."""
+    if not FAKE_AWS:
+        from tests.fakes.aws_server import FakeAws, client
+
+        aws = FakeAws().__enter__()
+        FAKE_AWS.extend([aws, {s: client(s, "us-east-1", aws.url) for s in ("ec2", "pricing")}])
+    return FAKE_AWS
+
+
+def teardown_module_aws() -> None:
+    if FAKE_AWS:
+        FAKE_AWS[0].__exit__(None, None, None)
+
+
+@FEW
+@given(spot=st.lists(st.sampled_from([0.0, 1.5, 1e308, math.inf, -1.0, math.nan, 3.14159]), max_size=3),
+       usd=st.lists(PRICE_VALUES, max_size=2), terms=st.one_of(st.none(), PRODUCTS))
+def test_market_fetch_from_aws_answers_keeps_only_finite_prices_and_never_raises(spot, usd, terms):
+    aws, clients = _aws()
+    with aws._lock:
+        aws.spot.clear()
+        aws.products.clear()
+    for i, price in enumerate(spot):
+        aws.add_spot(f"us-east-1{'abc'[i]}", "dl1.24xlarge", price, 1_790_000_000.0 - i)
+    for value in usd:
+        aws.add_on_demand("us-east-1", "dl1.24xlarge", 1.0)
+        doc = aws.products[-1]
+        if terms is not None:
+            doc["terms"] = terms.get("terms", terms) if isinstance(terms, dict) else terms
+        else:
+            dims = doc["terms"]["OnDemand"]
+            next(iter(next(iter(dims.values()))["priceDimensions"].values()))["pricePerUnit"]["USD"] = value
+    watcher = MarketWatcher(["us-east-1"], ["dl1.24xlarge"], clock=lambda: 1_790_000_100.0,
+                            client_factory=lambda service, region: clients[service])
+    watcher.refresh(1_790_000_100.0)  # errors are counted per region, never raised
+    snap = watcher.snapshot()
+    assert all(math.isfinite(s[-1]) and s[-1] >= 0 for s in snap.spot)
+    assert all(math.isfinite(o[-1]) and o[-1] > 0 for o in snap.on_demand)
