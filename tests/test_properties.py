@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from exporter.aws.imds import Imds, ImdsError, SpotNotices
 from exporter.backends.hlsmi import FIELDS, SLOW_FIELDS, LineError, parse_line, parse_output, parse_value
 from exporter.config import BY_KEY, ConfigError, load_file, resolve
-from exporter.market.fetch import MarketWatcher, load_market_file
-from exporter.pricing.aws import SpotRow, parse_on_demand, parse_spot_row
+from exporter.market.fetch import MarketFileError, MarketWatcher, load_market_file
+from exporter.pricing.aws import PriceDataError, SpotRow, parse_on_demand, parse_spot_row
 from exporter.pricing.base import NodeIdentity
 from tests.fakes.imds_server import FakeImds
 
@@ -201,10 +201,10 @@ SPOT_ITEMS = st.one_of(JSONISH, st.fixed_dictionaries({}, optional={
 
 @BOUNDED
 @given(item=SPOT_ITEMS)
-def test_spot_item_parses_to_a_finite_row_or_raises_value_error(item):
+def test_spot_item_parses_to_a_finite_row_or_raises_price_data_error(item):
     try:
         row = parse_spot_row(item)
-    except ValueError:
+    except PriceDataError:
         return
     assert isinstance(row, SpotRow)
     assert math.isfinite(row.usd_per_hour) and row.usd_per_hour >= 0 and math.isfinite(row.timestamp)
@@ -222,10 +222,10 @@ PRODUCTS = st.one_of(JSONISH, PRICE_VALUES.map(_products),
 
 @BOUNDED
 @given(docs=st.lists(st.one_of(PRODUCTS.map(json.dumps), PRODUCTS, st.text(max_size=20)), max_size=3))
-def test_get_products_documents_give_finite_prices_or_value_error(docs):
+def test_get_products_documents_give_finite_prices_or_price_data_error(docs):
     try:
         prices = parse_on_demand(docs)
-    except ValueError:
+    except PriceDataError:
         return
     assert all(math.isfinite(p) and p > 0 for p in prices)
 
@@ -244,13 +244,13 @@ RAW_MARKET = st.one_of(MARKET_DOCS.map(lambda d: json.dumps(d).encode()), st.bin
 
 @FEW
 @given(raw=RAW_MARKET)
-def test_market_file_loads_or_raises_value_error_naming_the_file_and_refresh_never_raises(raw):
+def test_market_file_loads_or_raises_market_file_error_naming_the_file_and_refresh_never_raises(raw):
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "market.json"
         path.write_bytes(raw)
         try:
             market = load_market_file(str(path))
-        except ValueError as e:
+        except MarketFileError as e:
             assert str(path) in str(e)
         else:
             assert all(math.isfinite(r.usd_per_hour) for r in market.rows)

@@ -65,3 +65,28 @@ def test_increase_counts_the_first_error_burst_of_a_device(tmp_path):
     assert final >= 1
     # increase() extrapolates at most to the window's end (a few percent here); it must not miss the burst
     assert final <= counted <= final * 1.1, (counted, final)
+
+
+def test_every_per_hpu_counter_is_there_at_0_from_the_first_tick():
+    """Busy seconds and cost per HPU used to appear one tick late, already counting the first interval."""
+    from exporter.backends.simulated import SimulatedBackend
+    from exporter.collectors.hpu import HpuCollector
+    from exporter.collectors.pricing import PricingCollector
+    from exporter.loop import Loop
+    from exporter.pricing.base import FixedSource, NodeIdentity, Price
+
+    t = [1000.0]
+    source = FixedSource("static", Price(10.0, "static", 0.0))
+    pc = PricingCollector(source, NodeIdentity(), clock=lambda: t[0])
+    pc.attempted.set()
+    loop = Loop([HpuCollector(SimulatedBackend(devices=4, seed=1, interval=1.0)), pc], interval=1.0, version="t",
+                backend="simulated", clock=lambda: t[0])
+    first = loop.tick().text.decode()
+    values: dict[str, list[float]] = {}
+    for fam in text_string_to_metric_families(first):
+        for s in fam.samples:
+            values.setdefault(s.name, []).append(s.value)
+    for name in ("gaudi_hpu_read_errors_total", "gaudi_hpu_busy_seconds_total", "gaudi_hpu_cost_usd_total",
+                 "gaudi_hpu_idle_cost_usd_total"):
+        assert len(values.get(name, [])) >= 4 and set(values[name]) == {0.0}, name
+    assert values["gaudi_node_cost_usd_total"] == [0.0]

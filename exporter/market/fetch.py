@@ -43,6 +43,10 @@ def region_of_zone(zone: str) -> str:
     return m.group(1) if m else zone
 
 
+class MarketFileError(ValueError):
+    """A market file that cannot be used; the message names the file and the bad field."""
+
+
 @dataclass(frozen=True)
 class MarketSnapshot:
     spot: list[tuple[str, str, str, str, float]]  # (region, zone, instance_type, product, usd_per_hour)
@@ -62,30 +66,30 @@ class MarketFile:
 
 
 def load_market_file(path: str) -> MarketFile:
-    """Read a describe-spot-price-history JSON file; ValueError naming the file and the bad field."""
+    """Read a describe-spot-price-history JSON file; MarketFileError naming the file and the bad field."""
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except OSError as e:
-        raise ValueError(f"market file {path}: cannot read: {e.strerror or e}") from e
+        raise MarketFileError(f"market file {path}: cannot read: {e.strerror or e}") from e
     except json.JSONDecodeError as e:
-        raise ValueError(f"market file {path}: not JSON: {e}") from e
+        raise MarketFileError(f"market file {path}: not JSON: {e}") from e
     except UnicodeDecodeError as e:
-        raise ValueError(f"market file {path}: not UTF-8 text (byte {e.start})") from None
+        raise MarketFileError(f"market file {path}: not UTF-8 text (byte {e.start})") from None
     except RecursionError:
-        raise ValueError(f"market file {path}: nested too deeply to be a price history") from None
+        raise MarketFileError(f"market file {path}: nested too deeply to be a price history") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("SpotPriceHistory"), list):
-        raise ValueError(f"market file {path}: expected an object with a SpotPriceHistory list, as printed "
+        raise MarketFileError(f"market file {path}: expected an object with a SpotPriceHistory list, as printed "
                          "by `aws ec2 describe-spot-price-history`")
     rows = []
     for i, item in enumerate(doc["SpotPriceHistory"]):
         try:
             rows.append(parse_spot_row(item))
         except ValueError as e:
-            raise ValueError(f"market file {path}: SpotPriceHistory[{i}]: {e}") from e
+            raise MarketFileError(f"market file {path}: SpotPriceHistory[{i}]: {e}") from e
     on_demand: dict[tuple[str, str], float] = {}
     if not isinstance(doc.get("OnDemand") or [], list):
-        raise ValueError(f"market file {path}: OnDemand must be a list of {{Region, InstanceType, USD}}")
+        raise MarketFileError(f"market file {path}: OnDemand must be a list of {{Region, InstanceType, USD}}")
     for i, item in enumerate(doc.get("OnDemand") or []):
         try:
             usd = float(item["USD"])
@@ -93,7 +97,7 @@ def load_market_file(path: str) -> MarketFile:
                 raise ValueError("USD must be > 0")
             on_demand[(str(item["Region"]), str(item["InstanceType"]))] = usd
         except (KeyError, TypeError, ValueError, OverflowError) as e:
-            raise ValueError(f"market file {path}: OnDemand[{i}] needs Region, InstanceType, USD > 0: {e}") \
+            raise MarketFileError(f"market file {path}: OnDemand[{i}] needs Region, InstanceType, USD > 0: {e}") \
                 from e
     comment = str(doc.get("Comment") or doc.get("_sample") or "")
     sample = bool(doc.get("_sample")) or "sample" in comment.lower()

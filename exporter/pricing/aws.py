@@ -61,6 +61,10 @@ OPERATING_SYSTEMS: dict[str, str] = {
 }
 
 
+class PriceDataError(ValueError):
+    """A price answer (an API item, a price list document, a market file row) that is not what AWS documents."""
+
+
 class NoData(Exception):
     """The API answered but had no price for what was asked (wrong type, zone or region)."""
 
@@ -85,7 +89,7 @@ def error_reason(exc: BaseException) -> str:
 
 
 def _to_unix(ts: object) -> float:
-    """A Timestamp as boto3 (datetime) or the CLI's JSON (ISO string) gives it -> finite unix time; ValueError."""
+    """A Timestamp as boto3 (datetime) or the CLI's JSON (ISO string) gives it -> finite unix time, or ValueError."""
     try:
         if isinstance(ts, datetime):
             out = (ts if ts.tzinfo else ts.replace(tzinfo=UTC)).timestamp()
@@ -104,15 +108,15 @@ def _to_unix(ts: object) -> float:
 
 
 def parse_spot_row(item: dict) -> SpotRow:
-    """One SpotPriceHistory item (boto3 or `aws ec2 describe-spot-price-history` JSON); ValueError if bad."""
+    """One SpotPriceHistory item (boto3 or `aws ec2 describe-spot-price-history` JSON); PriceDataError if bad."""
     try:
         price = float(item["SpotPrice"])
         row = SpotRow(str(item["AvailabilityZone"]), str(item["InstanceType"]),
                       str(item["ProductDescription"]), price, _to_unix(item["Timestamp"]))
     except (KeyError, TypeError, ValueError, OverflowError) as e:
-        raise ValueError(f"bad SpotPriceHistory item {str(item)[:200]}: {str(e)[:200]}") from e
+        raise PriceDataError(f"bad SpotPriceHistory item {str(item)[:200]}: {str(e)[:200]}") from e
     if not price >= 0 or price == float("inf"):
-        raise ValueError(f"bad SpotPrice {item.get('SpotPrice')!r}")
+        raise PriceDataError(f"bad SpotPrice {item.get('SpotPrice')!r}")
     return row
 
 
@@ -158,7 +162,7 @@ def on_demand_filters(region: str, instance_type: str, product: str = "Linux/UNI
 def parse_on_demand(price_list: Iterable[object]) -> list[float]:
     """Hourly USD prices in the OnDemand terms of GetProducts' PriceList (each item is a JSON string).
 
-    A document that is not shaped like a price list product is a ValueError naming what is wrong, never another
+    A document that is not shaped like a price list product is a PriceDataError naming what is wrong, never another
     exception; a price that is not a finite number > 0 is skipped.
     """
     prices: list[float] = []
@@ -166,7 +170,7 @@ def parse_on_demand(price_list: Iterable[object]) -> list[float]:
         try:
             doc = json.loads(raw) if isinstance(raw, str | bytes) else raw
         except (ValueError, RecursionError) as e:
-            raise ValueError(f"PriceList[{i}] is not JSON: {str(e)[:200]}") from None
+            raise PriceDataError(f"PriceList[{i}] is not JSON: {str(e)[:200]}") from None
         terms = _mapping(_mapping(doc, f"PriceList[{i}]").get("terms", {}), f"PriceList[{i}].terms")
         for term in _mapping(terms.get("OnDemand") or {}, f"PriceList[{i}].terms.OnDemand").values():
             dims = _mapping(_mapping(term, f"PriceList[{i}] OnDemand term").get("priceDimensions") or {},
@@ -179,7 +183,7 @@ def parse_on_demand(price_list: Iterable[object]) -> list[float]:
                 try:
                     v = float(usd)
                 except (TypeError, ValueError, OverflowError):
-                    raise ValueError(f"PriceList[{i}] pricePerUnit.USD is not a number: {str(usd)[:40]!r}") \
+                    raise PriceDataError(f"PriceList[{i}] pricePerUnit.USD is not a number: {str(usd)[:40]!r}") \
                         from None
                 if math.isfinite(v) and v > 0:
                     prices.append(v)
@@ -188,7 +192,7 @@ def parse_on_demand(price_list: Iterable[object]) -> list[float]:
 
 def _mapping(value: object, where: str) -> dict:
     if not isinstance(value, dict):
-        raise ValueError(f"{where} is not an object: {str(value)[:80]!r}")
+        raise PriceDataError(f"{where} is not an object: {str(value)[:80]!r}")
     return value
 
 
