@@ -285,8 +285,10 @@ def draw_table(ax, panel: dict[str, Any], prom: Prom) -> None:
     sort = (panel["options"].get("sortBy") or [{}])[0]
     sort_col = next((c for c in cols if rename.get(c, c) == sort.get("displayName")), values[0])
     rows = sorted(merged.values(), key=lambda r: r.get(sort_col, 0), reverse=bool(sort.get("desc")))
-    cells = [[fmt(r[c], d["unit"], d.get("decimals")) if c in values else str(r.get(c, "")) for c in cols]
-             for r in rows]
+    # a row one query has no value for (e.g. read errors of hpu="unknown", which no device's up series matches)
+    # shows an empty cell, as Grafana's merge does
+    cells = [[(fmt(r[c], d["unit"], d.get("decimals")) if c in r else "") if c in values else str(r.get(c, ""))
+              for c in cols] for r in rows]
     tbl = ax.table(cellText=cells, colLabels=[rename.get(c, c) for c in cols], loc="upper center",
                    cellLoc="left", colLoc="left", bbox=[0, 0, 1, 1] if len(rows) > 6 else None)
     tbl.auto_set_font_size(False)
