@@ -94,18 +94,22 @@ def test_docs_list_every_built_in_price_with_source_and_date():
     ({"source": "static", "static": {"usd_per_hour": 1}, "electricity": {"pue": 0.8}}, "pricing.electricity.pue"),
     ({"source": "static", "static": {"usd_per_hour": 1}, "electricity": {"usd_per_kwh": -0.1}},
      "pricing.electricity.usd_per_kwh"),
-    ({"source": "aws"}, "node.instance_type"),
+    ({"source": "aws", "aws": {"max_attempts": 0}}, "pricing.aws.max_attempts"),  # checked without an identity too
 ])
 def test_bad_settings_name_the_key(settings, key):
     with pytest.raises(ValueError, match=re.escape(key)):
-        make(settings, NodeIdentity(instance_type="unknown.type") if key != "node.instance_type" else NodeIdentity())
+        make(settings, NodeIdentity(instance_type="unknown.type") if key.startswith("pricing.static")
+             else NodeIdentity())
 
 
-def test_aws_source_needs_region_and_spot_zone():
-    with pytest.raises(ValueError, match="node.region"):
-        make({"source": "aws"}, NodeIdentity(instance_type="dl1.24xlarge"))
-    with pytest.raises(ValueError, match="node.zone"):
-        make({"source": "aws"}, NodeIdentity("dl1.24xlarge", "us-east-1", "", "spot"))
+def test_aws_source_without_identity_has_no_price_and_says_which_flag_to_set():
+    # IMDS did not answer at start (or this is not EC2): the daemon runs unpriced rather than crash-looping
+    for identity, flag in ((NodeIdentity(), "--node.instance-type"),
+                           (NodeIdentity(instance_type="dl1.24xlarge"), "--node.region"),
+                           (NodeIdentity("dl1.24xlarge", "us-east-1", "", "spot"), "--node.zone")):
+        src = make({"source": "aws"}, identity)
+        assert src.prices(NOW).paid is None
+        assert flag in src.problem
 
 
 def test_on_prem_price_is_amortised_hardware_plus_opex():

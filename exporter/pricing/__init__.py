@@ -6,6 +6,7 @@ daemon calls ``refresh(now)`` from a background thread and ``prices(now)`` on ea
 
 from __future__ import annotations
 
+import logging
 import random as _random
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from exporter.pricing.base import NodeIdentity, NodePrices, Price, PriceSource, 
 __all__ = ["NodeIdentity", "NodePrices", "Price", "PriceSource", "create", "electricity"]
 
 SOURCES = ("static", "on_prem", "aws")
+log = logging.getLogger(__name__)
 
 
 def electricity(settings: dict) -> tuple[float | None, float]:
@@ -53,12 +55,6 @@ def create(settings: dict, identity: NodeIdentity, *, clock: Callable[[], float]
 def _create_aws(aws: dict, identity: NodeIdentity, ec2_client, pricing_client, random) -> PriceSource:
     from exporter.pricing.aws import AwsSource, make_client
 
-    if not identity.instance_type:
-        raise ValueError("pricing.source=aws needs the instance type: node.instance_type (or IMDS)")
-    if not identity.region:
-        raise ValueError("pricing.source=aws needs the region: node.region (or IMDS)")
-    if identity.lifecycle == "spot" and not identity.zone:
-        raise ValueError("pricing.source=aws on a spot node needs the zone: node.zone (or IMDS)")
     spot_s = positive(aws.get("spot_refresh_seconds", 300), "pricing.aws.spot_refresh_seconds")
     od_s = positive(aws.get("on_demand_refresh_seconds", 21600), "pricing.aws.on_demand_refresh_seconds")
     product = aws.get("product_description", "Linux/UNIX")
@@ -71,6 +67,16 @@ def _create_aws(aws: dict, identity: NodeIdentity, ec2_client, pricing_client, r
     attempts = aws.get("max_attempts", 3)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"pricing.aws.max_attempts must be an integer >= 1, got {attempts!r}")
+    missing = _missing_identity(identity)
+    if missing:  # IMDS did not answer at start, or this is not EC2: no price, but the telemetry still flows
+        from exporter.pricing.unpriced import Unpriced
+
+        what, key = missing
+        problem = (f"pricing.source=aws needs {what}: set --node.{key.replace('_', '-')} (node.{key} in the config) "
+                   "or run where instance metadata (IMDSv2) answers, then restart. Telemetry is exported; cost "
+                   "series are not until there is a price")
+        log.warning("pricing: %s", problem)
+        return Unpriced(problem)
     if ec2_client is None:
         ec2_client = make_client("ec2", identity.region, attempts)
     if pricing_client is None:
@@ -80,3 +86,14 @@ def _create_aws(aws: dict, identity: NodeIdentity, ec2_client, pricing_client, r
                      product_description=product, random=random,
                      backoff_base=positive(aws.get("backoff_base_seconds", 30), "pricing.aws.backoff_base_seconds"),
                      backoff_cap=positive(aws.get("backoff_max_seconds", 3600), "pricing.aws.backoff_max_seconds"))
+
+
+def _missing_identity(identity: NodeIdentity) -> tuple[str, str] | None:
+    """(what, node.* key) the AWS source lacks to look a price up; None when it has all it needs."""
+    if not identity.instance_type:
+        return "the instance type", "instance_type"
+    if not identity.region:
+        return "the region", "region"
+    if identity.lifecycle == "spot" and not identity.zone:
+        return "the zone on a spot node", "zone"
+    return None
