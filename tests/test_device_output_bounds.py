@@ -127,7 +127,8 @@ def test_daemon_starts_and_runs_through_bad_cells_without_a_traceback(tmp_path):
         assert sum(up.values()) == 7  # the others, 4-6 included now that their lines are whole again
     log = proc.stdout.read().decode()
     assert "Traceback" not in log
-    assert re.search(r"HPU 2 \(01P4-HL3090A0-18-U4V193-22-07-02\) could not be read: .*power\.draw", log), log
+    assert re.search(r"HPU 2 \(uuid 01P4-HL3090A0-18-U4V193-22-07-02, serial N16B3D0402\) could not be read: "
+                     r".*power\.draw", log), log
     assert "field index" in log and "field memory.used is out of range" in log
 
 

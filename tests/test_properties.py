@@ -64,10 +64,10 @@ def test_hlsmi_line_parses_or_raises_a_line_error_saying_who_and_where(cells, li
     try:
         row = parse_line(line, FIELDS, line_number)
     except LineError as e:
-        message, index, uuid = e.args
+        message, index, uuid, serial = e.args
         assert f"line {line_number + 1}" in message
         assert index is None or 0 <= index <= 65535
-        assert isinstance(uuid, str)
+        assert isinstance(uuid, str) and isinstance(serial, str)
         return
     assert 0 <= row.index <= 65535 and finite_row(row)
 

@@ -81,8 +81,8 @@ class HlSmiError(RuntimeError):
 class LineError(ValueError):
     """One CSV line could not be parsed; the message names the field.
 
-    ``args`` is (message,) from parse_value, and (message, index or None, uuid) from parse_line: who the line
-    is about, as far as the line says.
+    ``args`` is (message,) from parse_value, and (message, index or None, uuid, serial) from parse_line: who the
+    line is about, as far as the line says.
     """
 
 
@@ -136,8 +136,11 @@ def parse_line(line: str, fields: tuple[str, ...], line_number: int) -> _Row:
         cell = cells[fields.index("index")]
         if _INDEX.match(cell) and int(cell) <= MAX_INDEX:
             index_guess = int(cell)
+    serial_guess = ""
     if len(cells) == len(fields) and "uuid" in fields:
         uuid_guess = cells[fields.index("uuid")]
+    if len(cells) == len(fields) and "serial" in fields:
+        serial_guess = cells[fields.index("serial")]
     try:
         if len(cells) != len(fields):
             missing = f", missing {fields[len(cells)]} onwards" if len(cells) < len(fields) else ""
@@ -146,11 +149,11 @@ def parse_line(line: str, fields: tuple[str, ...], line_number: int) -> _Row:
     except LineError as e:
         who = f"HPU {index_guess}" if index_guess is not None else "no device named"
         where = f"hl-smi line {line_number + 1} ({who}: {_clip(line)!r})"
-        raise LineError(f"{where}: {e.args[0]}", index_guess, uuid_guess) from e
+        raise LineError(f"{where}: {e.args[0]}", index_guess, uuid_guess, serial_guess) from e
     index = values.get("index")
     if not isinstance(index, float):
         where = f"hl-smi line {line_number + 1} ({_clip(line)!r})"
-        raise LineError(f"{where}: field index is not available", None, uuid_guess)
+        raise LineError(f"{where}: field index is not available", None, uuid_guess, serial_guess)
     return _Row(int(index), str(values.get("uuid") or ""), values)
 
 
@@ -236,12 +239,12 @@ def parse_output(stdout: str, fields: tuple[str, ...], slow: bool) -> BackendRes
             if reading.key in seen:  # the same device twice would export duplicate series
                 raise LineError(f"hl-smi line {line_number + 1} ({_clip(line)!r}): HPU {reading.identity.index} "
                                 f"({reading.identity.uuid or 'no uuid'}) is on an earlier line too",
-                                reading.identity.index, reading.identity.uuid)
+                                reading.identity.index, reading.identity.uuid, reading.identity.serial)
             seen.add(reading.key)
             devices.append(reading)
         except LineError as e:
-            message, index, uuid = e.args
-            errors.append(DeviceError(index, uuid, message))
+            message, index, uuid, serial = e.args
+            errors.append(DeviceError(index, uuid, message, serial))
         except Exception as e:  # noqa: BLE001 - a parser bug costs one line, never the whole read
             log.error("hl-smi line %d could not be parsed (a bug, please report it): %r", line_number + 1, e)
             errors.append(DeviceError(None, "", f"hl-smi line {line_number + 1}: {type(e).__name__}: {e}"))
