@@ -1,5 +1,5 @@
 # gaudi-exporter developer entry points. `make help` lists them.
-#   make demo [PROFILE=degraded]   the local stack (Prometheus + Alertmanager + simulated node) on 127.0.0.1
+#   make demo [PROFILE=degraded ALERT_FOR=1m]   the local stack (Prometheus + Alertmanager + simulated node) on 127.0.0.1
 #   make test                      what CI (.ci/run) runs: bash scripts/test.sh (container build included)
 
 PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
@@ -9,8 +9,9 @@ venv_tool = $(if $(wildcard .venv/bin/$(1)),.venv/bin/$(1),$(1))
 YAMLLINT ?= $(call venv_tool,yamllint)
 HADOLINT ?= $(call venv_tool,hadolint)
 KUBECTL ?= $(call venv_tool,kubectl)
-PROFILE ?= training
-ALERT_FOR ?= 1m
+# make demo passes only what is given, so that it runs exactly what `python3 deploy/local/stack.py` runs
+PROFILE ?=
+ALERT_FOR ?=
 VERSION ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 IMAGE ?= localhost/gaudi-exporter:$(VERSION)
 OVERLAY ?= kube-prometheus-stack
@@ -22,8 +23,8 @@ KUSTOMIZE_DIRS = deploy/kubernetes/base $(wildcard deploy/kubernetes/overlays/*)
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-demo: ## run the demo stack until Ctrl-C (PROFILE=training|idle|bursty|degraded, ALERT_FOR=1m)
-	python3 deploy/local/stack.py --profile $(PROFILE) --alert-for $(ALERT_FOR)
+demo: ## python3 deploy/local/stack.py until Ctrl-C (PROFILE=training|idle|bursty|degraded, ALERT_FOR=1m: --profile, --alert-for)
+	python3 deploy/local/stack.py$(if $(PROFILE), --profile $(PROFILE))$(if $(ALERT_FOR), --alert-for $(ALERT_FOR))
 
 demo-global: ## two simulated clusters remote-writing to VictoriaMetrics, alerts in vmalert (ALERT_FOR=1m)
 	python3 deploy/local/global_stack.py --clusters 2 --alert-for $(ALERT_FOR) --increment-step 1m

@@ -1,11 +1,13 @@
 """The local demo stack: a simulated Gaudi 3 node, the market watcher, Prometheus and Alertmanager on 127.0.0.1.
 
-    make demo [PROFILE=degraded]        (or: python3 deploy/local/stack.py --profile degraded --alert-for 1m)
+    python3 deploy/local/stack.py [--profile degraded --alert-for 1m]   (= make demo [PROFILE=degraded ALERT_FOR=1m])
 
 Everything real except the hardware: the exporter runs with 8 simulated HPUs (labelled backend="simulated") priced
 at the built-in Intel Tiber AI Cloud Gaudi 3 rate; the market watcher reads sample spot prices (labelled
-source="sample"); Debian's Prometheus loads the project's rules and sends alerts to Debian's Alertmanager, routed
-by alerts/alertmanager.yaml to a small webhook receiver that prints them here. Ctrl-C stops everything.
+source="sample"); a simulated training job (deploy/local/simulated_training.py, the real exporter.training code)
+gives the cost advisor something to compare; Debian's Prometheus loads the project's rules and sends alerts to
+Debian's Alertmanager, routed by alerts/alertmanager.yaml to a small webhook receiver that prints them here.
+Ctrl-C, SIGTERM, SIGHUP or a closed output (`| head`) stops everything and removes the run directory.
 
 On a fresh Debian machine it first installs what is missing (apt: prometheus, prometheus-alertmanager,
 python3-venv; a venv .venv with `pip install -e .[aws]`) and re-runs itself inside the venv. --no-install skips
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -38,10 +41,20 @@ PROFILES = ("training", "idle", "bursty", "degraded")
 PRICE_ENTRY = "intel-tiber-bm-gnr-gaudi3-smc-2026"
 APT_PACKAGES = {"prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}
 # Preferred loopback ports (next to, not on, the usual ones, which a packaged Prometheus may hold); a busy one is
-# replaced by a free one.
-PORTS = {"exporter": 19654, "market": 19655, "prometheus": 19090, "alertmanager": 19093, "receiver": 19095}
+# replaced by a free one. --ports BASE uses BASE, BASE+1, ... in this order instead.
+PORTS = {"exporter": 19654, "market": 19655, "training": 19656, "prometheus": 19090, "alertmanager": 19093,
+         "receiver": 19095}
 EXPORTER_JOB = "gaudi-exporter"  # the job the generated rules select on (alerts/thresholds.yaml)
 MARKET_JOB = "gaudi-exporter-market"
+TRAINING_JOB = "gaudi-training"  # the scrape job of the training process; its own job label is TRAINING_NAME
+TRAINING_NAME = "demo-simulated"
+TRAINING_BATCH_SIZES = (32, 128)
+TRAINING_PHASE_SECONDS = 20
+# rate() over a counter that moves once per tick is exact when every scrape interval holds a whole number of ticks
+# (README, "Cost rates"): 5 s scrapes, 2.5 s ticks.
+SCRAPE_SECONDS = 5
+TICK_SECONDS = 2.5
+TRAINING_SCRAPE_SECONDS = 1  # so the advisor has its 10 intervals per setting within a demo's first minute
 
 
 class StackError(RuntimeError):
@@ -52,8 +65,50 @@ class Interrupted(Exception):
     """Ctrl-C (or SIGTERM) arrived before the stack was up."""
 
 
+class Console:
+    """The demo's terminal output, which must never stop the clean-up.
+
+    A write that fails (the reader of a pipe exited, as `| head` or a `| tee` killed by the same Ctrl-C; the
+    terminal hung up) marks the output closed, calls ``on_closed`` (the demo then stops), says so on stderr once,
+    and points file descriptor 1 at /dev/null so that nothing later (the interpreter's exit flush included) fails
+    on it again."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.closed = False
+        self.on_closed = lambda: None
+
+    def write(self, text: str) -> None:
+        with self.lock:  # one write per line: threads (the receiver's) must not interleave
+            if self.closed:
+                return
+            try:
+                sys.stdout.write(text)
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+        try:
+            sys.stderr.write("[demo] output closed: stopping\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+        self.on_closed()
+
+
+CONSOLE = Console()
+
+
 def log(msg: str) -> None:
-    print(f"[demo] {msg}", flush=True)
+    CONSOLE.write(f"[demo] {msg}\n")
 
 
 # --- installation (standard library only) ---------------------------------------------------------------------------
@@ -97,8 +152,11 @@ def install(venv: Path = VENV) -> Path:
 # --- helpers ---------------------------------------------------------------------------------------------------------
 
 def pick_port(preferred: int) -> int:
+    """``preferred`` unless something listens on it, else a free port. SO_REUSEADDR, as every server of the stack
+    binds: a port whose last connections are still in TIME_WAIT (a restart within a minute) is free for them."""
     for port in (preferred, 0):
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
@@ -115,9 +173,44 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
         return False
 
 
-def get_json(url: str) -> dict:
+def get_json(url: str):
     with urllib.request.urlopen(url, timeout=5) as r:
         return json.load(r)
+
+
+def alert_text(alert: dict) -> str:
+    """One line for an alert (webhook or Alertmanager API form): name, where, summary and the description, which
+    carries the numbers."""
+    labels = alert.get("labels", {})
+    where = " ".join(f"{k}={labels[k]}" for k in ("node", "instance", "hpu", "namespace") if k in labels)
+    notes = alert.get("annotations", {})
+    text = " ".join(x for x in (notes.get("summary", "").strip(), notes.get("description", "").strip()) if x)
+    return (f"{labels.get('alertname', '?')} severity={labels.get('severity', '?')} {where} - "
+            + " ".join(text.split()))
+
+
+class InhibitionWatcher:
+    """Alertmanager sends no notification for an inhibited alert, so the receiver never hears of it: read
+    Alertmanager's API and print a line when an alert becomes inhibited (and by what)."""
+
+    def __init__(self, alertmanager: str, out: Console = CONSOLE):
+        self.url = alertmanager + "/api/v2/alerts"
+        self.out = out
+        self.reported: set[str] = set()
+
+    def poll(self) -> None:
+        try:
+            alerts = get_json(self.url)
+        except (OSError, ValueError):
+            return
+        names = {a.get("fingerprint"): a.get("labels", {}).get("alertname", "?") for a in alerts}
+        inhibited = {a["fingerprint"]: a for a in alerts if a.get("status", {}).get("inhibitedBy")}
+        for fp, alert in inhibited.items():
+            if fp not in self.reported:
+                by = ", ".join(sorted({names.get(f, f) for f in alert["status"]["inhibitedBy"]}))
+                self.out.write(f"[alert] INHIBITED {alert_text(alert)} (inhibited by {by}: Alertmanager sends "
+                               "no notification for it while that fires)\n")
+        self.reported = set(inhibited)
 
 
 class Receiver(http.server.ThreadingHTTPServer):
@@ -125,7 +218,7 @@ class Receiver(http.server.ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, port: int, out=sys.stdout):
+    def __init__(self, port: int, out: Console = CONSOLE):
         self.notifications: list[dict] = []
         self.out = out
         self.lock = threading.Lock()
@@ -145,14 +238,7 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.notifications.append({"receiver": receiver, **body})
         for alert in body.get("alerts", []):
-            labels = alert.get("labels", {})
-            where = " ".join(f"{k}={labels[k]}" for k in ("node", "instance", "hpu", "namespace") if k in labels)
-            summary = alert.get("annotations", {}).get("summary", "")
-            line = (f"[alert -> {receiver}] {alert.get('status', '?').upper()} {labels.get('alertname', '?')} "
-                    f"severity={labels.get('severity', '?')} {where} - {summary}\n")
-            with self.server.lock:  # one write per line: handler threads must not interleave
-                self.server.out.write(line)
-                self.server.out.flush()
+            self.server.out.write(f"[alert -> {receiver}] {alert.get('status', '?').upper()} {alert_text(alert)}\n")
         self.send_response(200)
         self.end_headers()
 
@@ -237,11 +323,19 @@ def alertmanager_config(receiver_url: str) -> dict:
     return config
 
 
-def prometheus_config(targets: dict[str, str], rule_files: list[Path], alertmanager: str) -> dict:
+def prometheus_config(targets: dict[str, str], rule_files: list[Path], alertmanager: str,
+                      intervals: dict[str, float] | None = None) -> dict:
+    """Scrape ``targets`` ({job: address}) every SCRAPE_SECONDS, or ``intervals[job]`` seconds."""
+    def job(name: str, addr: str) -> dict:
+        cfg = {"job_name": name, "static_configs": [{"targets": [addr]}]}
+        if name in (intervals or {}):
+            cfg["scrape_interval"] = f"{intervals[name]:g}s"
+        return cfg
+
     return {
-        "global": {"scrape_interval": "5s", "evaluation_interval": "5s", "external_labels": {"cluster": "demo"}},
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [addr]}]}
-                           for job, addr in targets.items()],
+        "global": {"scrape_interval": f"{SCRAPE_SECONDS}s", "evaluation_interval": f"{SCRAPE_SECONDS}s",
+                   "external_labels": {"cluster": "demo"}},
+        "scrape_configs": [job(name, addr) for name, addr in targets.items()],
         "rule_files": [str(p) for p in rule_files],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [alertmanager]}]}]},
     }
@@ -318,23 +412,125 @@ def status(urls: dict[str, str], receiver: Receiver) -> str:
             f"pending: {', '.join(pending) or 'none'}, notifications received: {len(receiver.notifications)}")
 
 
+def prometheus_pages(base: str) -> str | None:
+    """Where the running Prometheus serves its pages: "" (the current UI: /targets, /graph), "/classic" (Debian's
+    2.42 build has only the classic UI, under /classic/...), or None when it serves neither (API only)."""
+    for prefix in ("", "/classic"):
+        if http_ok(f"{base}{prefix}/targets", timeout=3):
+            return prefix
+    return None
+
+
+def alertmanager_has_ui(base: str) -> bool:
+    """Debian's Alertmanager ships without its web application: / is a note, and the UI's script is missing."""
+    return http_ok(base + "/script.js", timeout=3)
+
+
+def graph_url(base: str, prefix: str, expr: str) -> str:
+    return f"{base}{prefix}/graph?" + urllib.parse.urlencode({"g0.expr": expr, "g0.tab": "0", "g0.range_input": "15m"})
+
+
+def grafana_provisioning(out: Path, prometheus: str, dashboards_dir: Path) -> Path:
+    """A Grafana provisioning directory for the demo: a Prometheus datasource on the demo's Prometheus and a
+    dashboard provider that reads the built JSON where it is (what `dashboards build --provider-path` writes)."""
+    from dashboards.build import datasource_yaml, provider_yaml  # the venv has grafanalib's deps by now
+
+    (out / "datasources").mkdir(parents=True, exist_ok=True)
+    (out / "dashboards").mkdir(parents=True, exist_ok=True)
+    (out / "datasources" / "gaudi-demo.yaml").write_text(datasource_yaml(prometheus, name="Prometheus (demo)"))
+    (out / "dashboards" / "gaudi-exporter.yaml").write_text(provider_yaml(str(dashboards_dir)))
+    return out
+
+
+def tool(python: str, name: str) -> str:
+    """The console script ``name`` next to ``python`` (the venv's), else ``python -m exporter``."""
+    script = Path(python).parent / name
+    return str(script) if script.exists() else f"{python} -m exporter"
+
+
+def banner(args: argparse.Namespace, urls: dict[str, str], run_dir: Path, python: str) -> str:
+    prom, am = urls["prometheus"], urls["alertmanager"]
+    try:
+        version = get_json(prom + "/api/v1/status/buildinfo")["data"]["version"]
+    except (OSError, KeyError, ValueError):
+        version = "?"
+    pages = prometheus_pages(prom)
+    ui = {None: "API only", "": "web UI", "/classic": "classic web UI only"}[pages]
+    if args.alert_for is None:
+        rules_note = "alerts/build/*.yaml as built"
+        timing = "with their built `for` (minutes to hours): add --alert-for 1m to see them fire within minutes"
+    else:
+        rules_note = f"alerts/ rebuilt with every `for` about {args.alert_for}, for the demo"
+        timing = f"pending, then firing after about {args.alert_for}"
+    if args.profile == "degraded":
+        alerts_note = (f"GaudiEfficiencyBelowFloor, GaudiHpuLost, thermal and ECC alerts {timing}; "
+                       "Alertmanager routes them here")
+    else:
+        alerts_note = (f"profile {args.profile} is healthy, few alerts fire; --profile degraded "
+                       "(make demo PROFILE=degraded ALERT_FOR=1m) runs a node that wastes money")
+    cost = "rate(gaudi_node_cost_usd_total[1m]) * 3600"
+    lines = [
+        "",
+        f"gaudi-exporter demo is up (profile {args.profile}); logs and data in {run_dir}",
+        f"  URL exporter     {urls['exporter']}/metrics   8 simulated Gaudi 3 HPUs (backend=\"simulated\"), "
+        "19.92 USD/h",
+        f"  URL market       {urls['market']}/metrics   market watcher on SAMPLE spot prices (source=\"sample\")",
+        f"  URL training     {urls['training']}/metrics   SIMULATED training job {TRAINING_NAME} (sleeps, no "
+        f"model), batch size {' and '.join(map(str, TRAINING_BATCH_SIZES))} in turn, {TRAINING_PHASE_SECONDS} s each",
+        f"  URL prometheus   {prom}/api/v1/status/buildinfo   Prometheus {version} ({ui})",
+        f"  URL alertmanager {am}/api/v2/alerts   the alerts Alertmanager holds (JSON)",
+        f"  URL receiver     {urls['receiver']}   alerts are printed below as they arrive",
+        "What to look at:",
+    ]
+    if pages is not None:
+        lines += [
+            f"  {prom}{pages}/targets   all three targets UP",
+            f"  {prom}{pages}/rules   the project's recording rules and alerts ({rules_note})",
+            f"  {prom}{pages}/alerts   {alerts_note}",
+            f"  {graph_url(prom, pages, cost)}   cost rate in USD/h: exactly 19.92, since each {SCRAPE_SECONDS} s "
+            f"scrape holds two {TICK_SECONDS:g} s ticks",
+        ]
+    else:
+        lines += [f"  {prom}/api/v1/alerts   {alerts_note}"]
+    if alertmanager_has_ui(am):
+        lines.append(f"  {am}/#/alerts   Alertmanager's alerts, inhibitions and silences")
+    if shutil.which("amtool"):
+        lines.append(f"  amtool --alertmanager.url={am} alert query   the same from the terminal (Debian's "
+                     "Alertmanager has no web UI)")
+    exe = tool(python, "gaudi-exporter")
+    lines += [
+        "Cost advisor and run report of the simulated job (once each batch size ran for about 15 s):",
+        f"  {exe} advise batch-size --prometheus {prom} --job {TRAINING_NAME} --range 10m",
+        f"  {exe} report run --prometheus {prom} --job {TRAINING_NAME}   (writes {TRAINING_NAME}-report.md and "
+        ".html here)",
+        f"With Grafana (not part of the demo): provisioning files for this Prometheus and the built dashboards are in "
+        f"{run_dir / 'grafana'}: copy datasources/*.yaml and dashboards/*.yaml into /etc/grafana/provisioning/ "
+        "(README, \"Dashboards\")",
+        "Ctrl-C stops everything.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def run(args: argparse.Namespace) -> int:
     python = sys.executable
     for binary in ("prometheus", "prometheus-alertmanager"):
         if shutil.which(binary) is None:
             raise StackError(f"{binary} not found (apt-get install prometheus prometheus-alertmanager, or run "
                              "without --no-install)")
-    # From here on Ctrl-C (SIGINT) and SIGTERM only set `stop`: every wait below checks it, and the finally clause
-    # stops whatever has been started, whether the stack was up yet or not.
+    # From here on Ctrl-C (SIGINT), SIGTERM, SIGHUP (the terminal closed) and a closed output only set `stop`: every
+    # wait below checks it, and the finally clause stops whatever has been started, whether the stack was up yet or
+    # not.
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    CONSOLE.on_closed = stop.set
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="gaudi-demo-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = Stack(run_dir)
     receiver: Receiver | None = None
     try:
-        ports = {name: pick_port(p) for name, p in PORTS.items()}
+        wanted = ({name: args.ports + i for i, name in enumerate(PORTS)} if args.ports else PORTS)
+        ports = {name: pick_port(p) for name, p in wanted.items()}
         addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
         urls = {name: f"http://{a}" for name, a in addr.items()}
 
@@ -347,16 +543,21 @@ def run(args: argparse.Namespace) -> int:
             raise Interrupted
         (run_dir / "alertmanager.yml").write_text(json.dumps(alertmanager_config(urls["receiver"]), indent=1))
         (run_dir / "prometheus.yml").write_text(json.dumps(prometheus_config(
-            {EXPORTER_JOB: addr["exporter"], MARKET_JOB: addr["market"]}, rule_files, addr["alertmanager"]),
-            indent=1))
+            {EXPORTER_JOB: addr["exporter"], MARKET_JOB: addr["market"], TRAINING_JOB: addr["training"]},
+            rule_files, addr["alertmanager"], {TRAINING_JOB: TRAINING_SCRAPE_SECONDS}), indent=1))
+        grafana_provisioning(run_dir / "grafana", urls["prometheus"], REPO / "dashboards" / "build")
         env = {"AWS_EC2_METADATA_DISABLED": "true"}
         stack.start("exporter", [python, "-m", "exporter", "--web.listen-address", addr["exporter"],
                                  "--backend", "simulated", "--simulated.devices", "8", "--simulated.model", "HL-325L",
-                                 "--simulated.profile", args.profile, "--interval", "2",
+                                 "--simulated.profile", args.profile, "--interval", f"{TICK_SECONDS:g}",
                                  "--pricing.source", "static", "--pricing.static.entry", PRICE_ENTRY,
                                  "--no-collector.spot"], env)
         stack.start("market", [python, "-m", "exporter", "--mode", "market", "--web.listen-address", addr["market"],
                                "--market.source", str(SAMPLE_MARKET)], env)
+        stack.start("training", [python, str(REPO / "deploy" / "local" / "simulated_training.py"),
+                                 "--job", TRAINING_NAME, "--port", str(ports["training"]),
+                                 "--batch-sizes", ",".join(map(str, TRAINING_BATCH_SIZES)),
+                                 "--phase-seconds", str(TRAINING_PHASE_SECONDS), "--exporter", urls["exporter"]], env)
         stack.start("alertmanager", ["prometheus-alertmanager", f"--config.file={run_dir / 'alertmanager.yml'}",
                                      f"--storage.path={run_dir / 'alertmanager'}",
                                      f"--web.listen-address={addr['alertmanager']}", "--cluster.listen-address=",
@@ -365,33 +566,25 @@ def run(args: argparse.Namespace) -> int:
                                    f"--storage.tsdb.path={run_dir / 'prometheus'}",
                                    f"--web.listen-address={addr['prometheus']}", "--rules.alert.resend-delay=5s",
                                    "--log.level=warn"])
-        log(f"starting exporter, market watcher, Alertmanager and Prometheus in {run_dir} (Ctrl-C stops)")
+        log(f"starting exporter, market watcher, simulated training job, Alertmanager and Prometheus in {run_dir} "
+            "(Ctrl-C stops)")
         wait_ready(stack, {"exporter": urls["exporter"] + "/healthz", "market": urls["market"] + "/healthz",
+                           "training": urls["training"] + "/metrics",
                            "alertmanager": urls["alertmanager"] + "/-/ready",
                            "prometheus": urls["prometheus"] + "/-/ready"}, timeout=60, stop=stop)
-        rules_note = ("alerts/build/*.yaml" if args.alert_for is None
-                      else f"alerts/ rebuilt with every `for` about {args.alert_for} (demo)")
-        print(f"""
-gaudi-exporter demo is up (profile {args.profile}); logs and data in {run_dir}
-  URL exporter     {urls['exporter']}/metrics   8 simulated Gaudi 3 HPUs (backend="simulated"), 19.92 USD/h
-  URL market       {urls['market']}/metrics   market watcher on SAMPLE spot prices (source="sample")
-  URL prometheus   {urls['prometheus']}
-  URL alertmanager {urls['alertmanager']}
-  URL receiver     {urls['receiver']}   (alerts are printed below as they arrive)
-What to look at:
-  {urls['prometheus']}/targets   both targets UP
-  {urls['prometheus']}/rules     the project's recording rules and alerts ({rules_note})
-  {urls['prometheus']}/alerts    with PROFILE=degraded: GaudiEfficiencyBelowFloor, GaudiHpuLost, thermal and ECC
-                                 alerts go pending, then fire; Alertmanager routes them here
-  {urls['prometheus']}/graph?g0.expr=rate(gaudi_node_cost_usd_total[1m])*3600   cost rate, USD/h
-Ctrl-C stops everything.""", flush=True)
+        CONSOLE.write(banner(args, urls, run_dir, python))
         log("ready")
+        watcher = InhibitionWatcher(urls["alertmanager"])
         deadline = time.monotonic() + args.duration if args.duration else None
         next_status = time.monotonic() + args.status_every
+        next_poll = 0.0
         while not stop.wait(0.5):
             if dead := stack.dead():
                 raise StackError(f"{dead[0]} exited:\n{stack.tail(dead[0])}")
             now = time.monotonic()
+            if now >= next_poll:
+                watcher.poll()
+                next_poll = now + 2
             if now >= next_status:
                 log(status(urls, receiver))
                 next_status = now + args.status_every
@@ -405,13 +598,16 @@ Ctrl-C stops everything.""", flush=True)
         log("interrupted before the stack was up")
         return 130  # 128 + SIGINT, as a shell reports a Ctrl-C
     finally:
+        # Nothing here may raise before everything is stopped: log() never does (Console), each step is guarded.
         log("stopping")
-        stack.stop()
-        if receiver is not None:
-            receiver.shutdown()
-            receiver.server_close()
-        if not args.run_dir and not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            stack.stop()
+        finally:
+            if receiver is not None:
+                receiver.shutdown()
+                receiver.server_close()
+            if not args.run_dir and not args.keep:
+                shutil.rmtree(run_dir, ignore_errors=True)
         log("stopped")
 
 
@@ -427,6 +623,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-install", action="store_true", help="do not install anything; use this Python")
     ap.add_argument("--run-dir", help="keep configs, logs and data here (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--ports", type=int, metavar="BASE",
+                    help=f"use ports BASE, BASE+1, ... for the {', '.join(PORTS)} (default: "
+                         f"{', '.join(map(str, PORTS.values()))}); a busy one is replaced by a free one")
     args = ap.parse_args(argv)
     try:
         if not args.no_install:
