@@ -261,6 +261,20 @@ def test_file_provider_yaml():
     assert prov["type"] == "file" and prov["options"]["path"] and prov["allowUiUpdates"] is False
 
 
+def test_provider_path_points_grafana_at_the_built_json_outside_kubernetes(tmp_path):
+    """`dashboards build --provider-path`: the provider reads the JSON where --out wrote it (a plain Grafana
+    install), and the datasource file the README and the demo use is one Grafana's provisioning accepts."""
+    out = tmp_path / "dashboards"
+    assert build.main(["--out", str(out), "--configmaps", str(tmp_path / "cm"), "--provider-path", str(out)]) == 0
+    (prov,) = yaml.safe_load((out / "provisioning" / "gaudi-exporter.yaml").read_text())["providers"]
+    assert Path(prov["options"]["path"]) == out
+    assert {p.stem for p in out.glob("*.json")} == {b.uid for b in BOARDS}
+    doc = yaml.safe_load(build.datasource_yaml("http://127.0.0.1:9090"))
+    assert doc["apiVersion"] == 1
+    (ds,) = doc["datasources"]
+    assert ds["type"] == "prometheus" and ds["url"] == "http://127.0.0.1:9090" and ds["access"] == "proxy"
+
+
 def test_panels_needing_absent_sources_say_so():
     for b in BOARDS:
         for p in b.json["panels"]:
