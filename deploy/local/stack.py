@@ -10,7 +10,8 @@ Debian's Alertmanager, routed by alerts/alertmanager.yaml to a small webhook rec
 Ctrl-C, SIGTERM, SIGHUP or a closed output (`| head`) stops everything and removes the run directory.
 
 On a fresh Debian machine it first installs what is missing (apt: prometheus, prometheus-alertmanager,
-python3-venv; a venv .venv with `pip install -e .[aws]`) and re-runs itself inside the venv. --no-install skips
+python3-venv; a venv .venv with `pip install -e .[aws,advisor,dashboards]`: what the commands it prints need) and
+re-runs itself inside the venv. --no-install skips
 that and uses the current Python. Until then only the standard library is used.
 """
 
@@ -39,6 +40,8 @@ SAMPLE_MARKET = REPO / "deploy" / "local" / "sample-spot-price-history.json"
 PROFILES = ("training", "idle", "bursty", "degraded")
 # Built-in price entry of the simulated node (exporter/pricing/price_list.py): 8-card Gaudi 3 bare metal, 19.92 USD/h.
 PRICE_ENTRY = "intel-tiber-bm-gnr-gaudi3-smc-2026"
+# aws: boto3 for the price sources; advisor and dashboards: the `advise`, `report run` and Grafana files it prints
+DEMO_EXTRAS = "aws,advisor,dashboards"
 APT_PACKAGES = {"prometheus": "prometheus", "prometheus-alertmanager": "prometheus-alertmanager"}
 # Preferred loopback ports (next to, not on, the usual ones, which a packaged Prometheus may hold); a busy one is
 # replaced by a free one. --ports BASE uses BASE, BASE+1, ... in this order instead.
@@ -140,12 +143,13 @@ def install(venv: Path = VENV) -> Path:
     if not venv_python.exists():
         log(f"creating {venv}")
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    stamp = venv / ".gaudi-demo-installed"
+    stamp = venv / ".gaudi-demo-installed"  # holds the extras installed
     pyproject = REPO / "pyproject.toml"
-    if not stamp.exists() or stamp.stat().st_mtime < pyproject.stat().st_mtime:
-        log("installing gaudi-exporter into the venv (pip install -e .[aws])")
-        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-e", f"{REPO}[aws]"], check=True)
-        stamp.touch()
+    if (not stamp.exists() or stamp.stat().st_mtime < pyproject.stat().st_mtime
+            or stamp.read_text().strip() != DEMO_EXTRAS):
+        log(f"installing gaudi-exporter into the venv (pip install -e .[{DEMO_EXTRAS}])")
+        subprocess.run([str(venv_python), "-m", "pip", "install", "-q", "-e", f"{REPO}[{DEMO_EXTRAS}]"], check=True)
+        stamp.write_text(DEMO_EXTRAS + "\n")
     return venv_python
 
 
@@ -477,7 +481,8 @@ def banner(args: argparse.Namespace, urls: dict[str, str], run_dir: Path, python
         f"  URL market       {urls['market']}/metrics   market watcher on SAMPLE spot prices (source=\"sample\")",
         f"  URL training     {urls['training']}/metrics   SIMULATED training job {TRAINING_NAME} (sleeps, no "
         f"model), batch size {' and '.join(map(str, TRAINING_BATCH_SIZES))} in turn, {TRAINING_PHASE_SECONDS} s each",
-        f"  URL prometheus   {prom}/api/v1/status/buildinfo   Prometheus {version} ({ui})",
+        f"  URL prometheus   {prom}{'/api/v1/status/buildinfo' if pages is None else pages + '/graph'}   "
+        f"Prometheus {version} ({ui})",
         f"  URL alertmanager {am}/api/v2/alerts   the alerts Alertmanager holds (JSON)",
         f"  URL receiver     {urls['receiver']}   alerts are printed below as they arrive",
         "What to look at:",
@@ -487,19 +492,20 @@ def banner(args: argparse.Namespace, urls: dict[str, str], run_dir: Path, python
             f"  {prom}{pages}/targets   all three targets UP",
             f"  {prom}{pages}/rules   the project's recording rules and alerts ({rules_note})",
             f"  {prom}{pages}/alerts   {alerts_note}",
-            f"  {graph_url(prom, pages, cost)}   cost rate in USD/h: exactly 19.92, since each {SCRAPE_SECONDS} s "
-            f"scrape holds two {TICK_SECONDS:g} s ticks",
+            f"  {graph_url(prom, pages, cost)}   cost rate in USD/h: equal to the price, since each "
+            f"{SCRAPE_SECONDS} s scrape holds {SCRAPE_SECONDS / TICK_SECONDS:g} whole ticks of {TICK_SECONDS:g} s",
         ]
     else:
         lines += [f"  {prom}/api/v1/alerts   {alerts_note}"]
-    if alertmanager_has_ui(am):
+    has_ui = alertmanager_has_ui(am)
+    if has_ui:
         lines.append(f"  {am}/#/alerts   Alertmanager's alerts, inhibitions and silences")
     if shutil.which("amtool"):
-        lines.append(f"  amtool --alertmanager.url={am} alert query   the same from the terminal (Debian's "
-                     "Alertmanager has no web UI)")
+        lines.append(f"  amtool --alertmanager.url={am} alert query   Alertmanager's alerts in the terminal"
+                     + ("" if has_ui else " (this Alertmanager has no web UI, as Debian's)"))
     exe = tool(python, "gaudi-exporter")
     lines += [
-        "Cost advisor and run report of the simulated job (once each batch size ran for about 15 s):",
+        "Cost advisor and run report of the simulated job (about a minute after start, once both batch sizes ran):",
         f"  {exe} advise batch-size --prometheus {prom} --job {TRAINING_NAME} --range 10m",
         f"  {exe} report run --prometheus {prom} --job {TRAINING_NAME}   (writes {TRAINING_NAME}-report.md and "
         ".html here)",

@@ -151,8 +151,8 @@ def run(argv: list[str], *, label: str, prog: str, out: TextIO | None = None, er
     if all(c["cheapest"] is None for c in comparisons):
         short = [f"{r[label]} ({r['points']} intervals)" for c in comparisons for r in c["rows"]
                  if not r["enough_data"]]
-        print(f"{prog}: cannot advise: no set of other settings ({', '.join(k for k in SETTINGS if k != label)}) "
-              f"ran with 2 {label} values of >= {a.min_points} scrape intervals and a price each. Too few "
+        print(f"{prog}: cannot advise: no set of the other settings ({', '.join(k for k in SETTINGS if k != label)}) "
+              f"has {label} values with >= {a.min_points} scrape intervals and a price; need 2 to compare. Too few "
               f"measurements: {', '.join(short) or 'none'}. Let each setting run longer, widen --range, or change "
               f"only {label} between runs.", file=err)
         return 2
