@@ -40,18 +40,28 @@ pytestmark = [
 class Demo:
     """The stack as a user runs it, with its output collected line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None):
+    def __init__(self, *args: str, env: dict[str, str] | None = None, pipe_to: list[str] | None = None):
+        """``pipe_to``: a command the demo's stdout is piped into (as `| head -n 1`); its output is read instead,
+        and the demo's stderr apart, into ``errors``."""
         self.proc = subprocess.Popen([sys.executable, str(STACK), "--no-install", *args], cwd=REPO,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE if pipe_to else subprocess.STDOUT, text=True,
                                      env={**os.environ, **(env or {})})
         self.children = Children(self.proc.pid)
         self.lines: queue.Queue[str] = queue.Queue()
         self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.errors: list[str] = []
+        source = self.proc.stdout
+        if pipe_to:
+            self.reader = subprocess.Popen(pipe_to, stdin=self.proc.stdout, stdout=subprocess.PIPE, text=True)
+            self.proc.stdout.close()  # the reader holds the pipe now: when it exits, the demo's output is closed
+            source = self.reader.stdout
+            threading.Thread(target=lambda: self.errors.extend(self.proc.stderr), daemon=True).start()
+        threading.Thread(target=self._read, args=(source,), daemon=True).start()
         self.urls: dict[str, str] = {}
 
-    def _read(self) -> None:
-        for line in self.proc.stdout:
+    def _read(self, source) -> None:
+        for line in source:
             self.output.append(line)
             self.lines.put(line)
 
@@ -332,35 +342,30 @@ def test_stock_rules_stop_after_duration_and_a_restart_piped_into_a_quitting_rea
         "precondition: some of the demo's ports are in TIME_WAIT"
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    stack = subprocess.Popen([sys.executable, str(STACK), "--no-install", "--status-every", "1", "--ports", str(base)],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "TMPDIR": str(tmp)})
-    children = Children(stack.pid)
-    reader = subprocess.Popen(["sed", "/^\\[demo\\] ready/q"], stdin=stack.stdout, stdout=subprocess.PIPE,
-                              text=True)
-    stack.stdout.close()  # the reader holds the pipe now: when it exits, the demo's output is closed
+    again = Demo("--status-every", "1", "--ports", str(base), env={"TMPDIR": str(tmp)},
+                 pipe_to=["sed", "/^\\[demo\\] ready/q"])
     try:
-        out, _ = reader.communicate(timeout=120)
-        assert out.rstrip().endswith("[demo] ready"), out[-3000:]
-        second = dict(re.findall(r"^\s+URL (\w+)\s+(http://127\.0\.0\.1:\d+)", out, re.M))
-        assert second == demo.urls, "a restart within a minute must get the same ports"
-        assert stack.wait(timeout=60) == 0
+        assert again.wait_ready() == demo.urls, "a restart within a minute must get the same ports"
+        assert again.reader.wait(timeout=10) == 0  # sed quit after the "ready" line
+        assert again.proc.wait(timeout=60) == 0
     finally:
-        if stack.poll() is None:
-            stack.send_signal(signal.SIGINT)
-            stack.wait(timeout=30)
-    err = stack.stderr.read()
+        again.stop()
+    err = "".join(again.errors)
     assert "output closed: stopping" in err, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    assert children.running() == [], "parts left running after the output closed"
+    assert again.children.running() == [], "parts left running after the output closed"
     assert list(tmp.glob("gaudi-demo-*")) == [], "the run directory is left behind"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["ctrl-c", "sigterm", "sighup"])
-def test_a_signal_while_starting_stops_everything_without_waiting_for_the_stack(tmp_path: Path, sig: int):
+@pytest.mark.parametrize(("sig", "piped"), [(signal.SIGINT, False), (signal.SIGINT, True), (signal.SIGTERM, True),
+                                            (signal.SIGHUP, True)],
+                         ids=["ctrl-c", "ctrl-c-piped-into-exited-head", "sigterm-piped", "sighup-piped"])
+def test_a_signal_while_starting_stops_everything_without_waiting_for_the_stack(tmp_path: Path, sig: int,
+                                                                                piped: bool):
     """Ctrl-C, SIGTERM or SIGHUP (the terminal closed) while a part is still coming up (here a Prometheus that, like
-    one replaying a long write-ahead log, runs but is not ready yet) ends the demo then and there, and stops what it
-    had started, and removes its run directory."""
+    one replaying a long write-ahead log, runs but is not ready yet) ends the demo then and there, stops what it
+    had started and removes its run directory; also when its output goes into a `head -n 1` that has exited (as a
+    `| tee` killed by the same Ctrl-C), so that every line it writes on the way out fails."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "prometheus").write_text("#!/bin/sh\n# running, never ready\nexec sleep 600\n")
@@ -368,7 +373,8 @@ def test_a_signal_while_starting_stops_everything_without_waiting_for_the_stack(
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     demo = Demo("--ports", str(free_port_base()),
-                env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp)})
+                env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(tmp)},
+                pipe_to=["head", "-n", "1"] if piped else None)
     try:
         demo.wait_line("[demo] starting")
 
@@ -379,12 +385,17 @@ def test_a_signal_while_starting_stops_everything_without_waiting_for_the_stack(
         started = wait_for(parts, 30, what="the demo started its parts")
         # exporter, market watcher, training job, Alertmanager, Prometheus
         assert len(started) == 5, [c.name() for c in started]
+        if piped:
+            assert demo.reader.wait(timeout=10) == 0  # head is gone: the demo's next line fails
     finally:
         demo.stop(sig)
-    output = "".join(demo.output)
+    output = "".join(demo.output + demo.errors)
     assert demo.proc.returncode == 130, output[-3000:]
-    assert "[demo] interrupted before the stack was up\n" in demo.output and "[demo] stopped\n" in demo.output
-    assert "[demo] ready\n" not in demo.output
+    if piped:
+        assert "[demo] output closed: stopping\n" in demo.errors and "Traceback" not in output, output
+    else:
+        assert "[demo] interrupted before the stack was up\n" in demo.output and "[demo] stopped\n" in demo.output
+        assert "[demo] ready\n" not in demo.output
     assert [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == [], \
         "parts still running"
     assert list(tmp.glob("gaudi-demo-*")) == [], "the run directory is left behind"
