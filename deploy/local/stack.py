@@ -10,9 +10,9 @@ Debian's Alertmanager, routed by alerts/alertmanager.yaml to a small webhook rec
 Ctrl-C, SIGTERM, SIGHUP or a closed output (`| head`) stops everything and removes the run directory.
 
 On a fresh Debian machine it first installs what is missing (apt: prometheus, prometheus-alertmanager,
-python3-venv; a venv .venv with `pip install -e .[aws,advisor,dashboards]`: what the commands it prints need) and
-re-runs itself inside the venv. --no-install skips
-that and uses the current Python. Until then only the standard library is used.
+python3-venv; a venv .venv with `pip install -e .[aws,advisor,dashboards]`, what the commands it prints need) and
+re-runs itself inside the venv. --no-install skips that and uses the current Python. Until then only the standard
+library is used.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class StackError(RuntimeError):
 
 
 class Interrupted(Exception):
-    """Ctrl-C (or SIGTERM) arrived before the stack was up."""
+    """Ctrl-C, SIGTERM, SIGHUP or a closed output arrived before the stack was up."""
 
 
 class Console:
