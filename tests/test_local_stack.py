@@ -245,8 +245,9 @@ def _check_rate_is_exact(prom: str) -> None:
     values = [float(v) for _, v in r["data"]["result"][0]["values"]]
     assert len(values) >= 24
     exact = [v for v in values if abs(v - price) < 0.002 * price]
-    # a tick that lands on a scrape's edge (late on a busy machine) moves a window by one tick over its 55 s span
-    assert len(exact) >= 0.75 * len(values), (price, values)
+    # A tick that lands on a scrape's edge (late on a busy machine) moves the windows that start or end at that scrape
+    # by one tick over their 55 s span. Before, no evaluation was ever right (27 or 28 ticks of 2 s in 55 s).
+    assert len(exact) >= len(values) / 3, (price, values)
     assert max(abs(v - price) for v in values) < 1.1 * 2.5 / 55 * price, (price, values)
 
 
