@@ -81,6 +81,9 @@ _ALL: list[Metric] = [
     _m("gaudi_exporter_last_collection_timestamp_seconds", G, "seconds",
        "Unix time at which the last collection tick finished.", group=Group.EXPORTER),
     _m("gaudi_exporter_ticks_total", C, "", "Collection ticks run since start.", group=Group.EXPORTER),
+    _m("gaudi_exporter_http_bad_requests_total", C, "", "HTTP requests and connections the server refused or "
+       "cut short, by reason (malformed, headers_too_large, timeout, tls_handshake, plain_http_to_tls, unauthorized, "
+       "...): answered with a 4xx where an answer is possible.", ("reason",), group=Group.EXPORTER),
     # --- devices
     _m("gaudi_hpu_info", INFO, "", "Identity of an HPU; join on hpu/uuid for serial, model and versions.",
        ("serial", "name", "model", "pci_bus_id", "driver_version", "firmware_version", "backend"),

@@ -259,14 +259,13 @@ def resolve(flags: Mapping[str, Any], config_file: str | None, env: Mapping[str,
     settings.update(from_env(env))
     for key, value in flags.items():
         settings[key] = coerce(BY_KEY[key], value, f"flag {BY_KEY[key].flag}")
-    from exporter.http import parse_listen_address
+    from exporter.http import check_telemetry_path, parse_listen_address
 
     try:
         parse_listen_address(settings["web.listen_address"])
+        check_telemetry_path(settings["web.telemetry_path"])
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    if not str(settings["web.telemetry_path"]).startswith("/"):
-        raise ConfigError(f"web.telemetry_path must start with '/', got {settings['web.telemetry_path']!r}")
     if settings["collectors.kubernetes"] and settings["collectors.hpc"]:
         raise ConfigError("collectors kubernetes and hpc cannot both be on: an HPU carries pod labels or a job "
                           "label, not both")

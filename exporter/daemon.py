@@ -1,4 +1,4 @@
-"""Wires settings into collectors, the loop and the HTTP server, and runs until SIGTERM/SIGINT."""
+"""Wires settings into collectors, the loop and the HTTP server, and runs until SIGTERM/SIGINT/SIGQUIT."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from exporter.accounting import Accountant
 from exporter.backends.base import BackendUnavailable
 from exporter.config import ConfigError, Settings, node_name
 from exporter.exposition import Renderer
-from exporter.http import Site, parse_listen_address, serve
+from exporter.http import Site, parse_listen_address, raise_fd_limit, serve
 from exporter.known_devices import KnownDevices
 from exporter.loop import Loop
 from exporter.signals import install_signal_handlers
@@ -135,7 +135,8 @@ def run(settings: Settings) -> int:
         raise StartupError(str(e)) from e
     web = preflight.check(settings)  # the settings' own errors (ConfigError, exit 2), as check-config finds them
     stop = threading.Event()
-    install_signal_handlers(stop)
+    servers: list = []  # filled below; SIGHUP before the server starts has nothing to reload yet
+    install_signal_handlers(stop, (lambda: [s.reload_web() for s in servers]) if web else None)
     closers: list = []
     tracker = None
     if settings["mode"] == "market":
@@ -153,10 +154,13 @@ def run(settings: Settings) -> int:
         else None,
         web=web,
     )
+    raise_fd_limit()
     try:
         server, _ = serve(settings["web.listen_address"], site)
     except OSError as e:
         raise StartupError(f"cannot listen on {settings['web.listen_address']}: {e.strerror}") from e
+    servers.append(server)
+    loop.renderer.registry.register(server.bad)  # gaudi_exporter_http_bad_requests_total, rendered each tick
     scheme = "https" if web and web.ssl_context else "http"
     host, port, _ = parse_listen_address(settings["web.listen_address"])
     log.info("gaudi-exporter %s listening on %s://%s:%d%s (mode %s, backend %s, interval %gs)", __version__,
