@@ -259,8 +259,8 @@ def test_with_basic_auth_on_loopback_peers_must_authenticate_for_checkpoints_too
 
     from exporter.webconfig import load
 
-    (tmp_path / "web.yml").write_text("basic_auth_users:\n  trainer: '%s'\n"
-                                      % bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode())
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(4)).decode()
+    (tmp_path / "web.yml").write_text(f"basic_auth_users:\n  trainer: '{hashed}'\n")
     base, _, _, got = served(web=load(tmp_path / "web.yml"))
     url = base + "/api/v1/checkpoint"
     assert requests.post(url, json={"timestamp": 1.7e9}, timeout=5).status_code == 401
