@@ -219,7 +219,7 @@ def _tls(path: Path, tls: dict) -> TlsSettings:
     versions = {}
     for key, default in (("min_version", "TLS12"), ("max_version", "TLS13")):
         name = tls.get(key, default)
-        if name not in VERSIONS:
+        if not isinstance(name, str) or name not in VERSIONS:
             raise _err(path, f"tls_server_config.{key}", f"unknown TLS version {name!r} (expected one of "
                        f"{', '.join(VERSIONS)})")
         versions[key] = VERSIONS[name]
@@ -227,6 +227,8 @@ def _tls(path: Path, tls: dict) -> TlsSettings:
         raise _err(path, "tls_server_config.min_version", "is above max_version")
 
     auth = tls.get("client_auth_type", "NoClientCert")
+    if not isinstance(auth, str):
+        raise _err(path, "tls_server_config.client_auth_type", f"must be a string, got {auth!r}")
     if auth in CLIENT_AUTH_UNSUPPORTED:
         raise _err(path, "tls_server_config.client_auth_type", f"{auth} accepts client certificates without "
                    "verifying them, which Python's ssl module cannot do (exporter-toolkit calls it insecure); use "
@@ -265,7 +267,7 @@ def _tls(path: Path, tls: dict) -> TlsSettings:
         if not isinstance(ciphers, list) or not ciphers:
             raise _err(path, "tls_server_config.cipher_suites", "must be a non-empty list of cipher suite names")
         for c in ciphers:
-            if c not in CIPHERS:
+            if not isinstance(c, str) or c not in CIPHERS:
                 raise _err(path, "tls_server_config.cipher_suites", f"unknown cipher: {c!r}")
         names = [CIPHERS[c] for c in ciphers if CIPHERS[c]]
         if names:
