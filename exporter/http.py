@@ -303,6 +303,12 @@ class _TokenBucket:
         return False
 
 
+def transport_paused(writer: asyncio.StreamWriter) -> bool:
+    """Whether the response is still queued beyond the socket buffer (a slow reader): only then wait for it."""
+    transport = writer.transport
+    return transport.is_closing() or transport.get_write_buffer_size() > 0
+
+
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host.removeprefix("::ffff:")).is_loopback
@@ -435,7 +441,8 @@ class Server:
         fut = self._loop.create_future()
         self._loop.add_reader(sock.fileno(), lambda: fut.done() or fut.set_result(True))
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
             return True
         except TimeoutError:
             return False
@@ -519,7 +526,8 @@ class Server:
             # wait for the next request's first byte: idle keep-alive connections are parked, cheaply
             self._idle[key] = None
             try:
-                start = await asyncio.wait_for(reader.read(1), limits.head_timeout if first else limits.idle_timeout)
+                async with asyncio.timeout(limits.head_timeout if first else limits.idle_timeout):
+                    start = await reader.read(1)
             except TimeoutError:
                 if first:
                     self.bad.add("timeout", peer, "no request sent", quiet=True)
@@ -531,7 +539,8 @@ class Server:
                 return  # the client closed between requests: normal
             try:
                 try:
-                    rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), limits.head_timeout)
+                    async with asyncio.timeout(limits.head_timeout):
+                        rest = await reader.readuntil(b"\r\n\r\n")
                 except asyncio.LimitOverrunError:
                     buffered = start + await reader.read(limits.head_bytes)
                     if b"\r\n" not in buffered[:limits.request_line_bytes]:
@@ -582,7 +591,9 @@ class Server:
             data += resp.body
         writer.write(data)
         try:
-            await asyncio.wait_for(writer.drain(), self.limits.write_timeout)
+            if transport_paused(writer):
+                async with asyncio.timeout(self.limits.write_timeout):
+                    await writer.drain()
         except TimeoutError:
             self.bad.add("timeout", req.peer if req else "?", "client did not read the response", quiet=True)
             return False
@@ -680,7 +691,10 @@ class Server:
         if length and req.headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
-            raw = await asyncio.wait_for(reader.readexactly(length), self.limits.body_timeout) if length else b""
+            raw = b""
+            if length:
+                async with asyncio.timeout(self.limits.body_timeout):
+                    raw = await reader.readexactly(length)
         except TimeoutError:
             raise _error(408, f"body not complete within {self.limits.body_timeout:g}s", "timeout") from None
         req.body_pending = False
