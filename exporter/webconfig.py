@@ -373,6 +373,8 @@ def load(path: str | Path) -> WebConfig:
         burst = limit.get("burst", 0)
         if isinstance(burst, bool) or not isinstance(burst, int) or burst < 0:
             raise _err(path, "rate_limit.burst", f"must be a whole number >= 0, got {burst!r}")
+        if interval > 0 and burst < 1:
+            raise _err(path, "rate_limit.burst", "must be at least 1 when interval is set (0 refuses every request)")
         if interval > 0:
             cfg.rate_limit = (interval, burst)
 

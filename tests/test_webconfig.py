@@ -318,3 +318,11 @@ def test_property_generated_web_configs_raise_only_web_config_error(tmp_path, pk
         assert isinstance(cfg, WebConfig)
         outcomes["loaded"] += 1
     assert outcomes["loaded"] > 10 and outcomes["refused"] > 100, outcomes
+
+
+def test_rate_limit_answers_429_beyond_its_burst(tmp_path, serving):
+    base, _ = serving(load(write(tmp_path, "rate_limit:\n  interval: 10s\n  burst: 3\n")))
+    base = base.replace("https", "http")
+    codes = [requests.get(base + "/metrics", timeout=5).status_code for _ in range(5)]
+    assert codes == [200, 200, 200, 429, 429]
+    assert requests.get(base + "/healthz", timeout=5).status_code == 200  # liveness probes are not limited
