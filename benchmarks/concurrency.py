@@ -44,6 +44,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return cur, peak
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
@@ -155,17 +161,23 @@ async def load_phase(port: int, seconds: float, rate: float) -> tuple[Stats, int
 async def idle_phase(port: int, n: int, hold: float, pid: int) -> dict:
     conns = []
     failed = 0
-    for _ in range(n):
+
+    async def one() -> None:
+        nonlocal failed
         try:
             conns.append(await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), CLIENT_TIMEOUT))
         except (OSError, TimeoutError):
             failed += 1
+
+    for i in range(0, n, 100):  # in batches: a full listen queue makes each connect wait for SYN retries
+        await asyncio.gather(*(one() for _ in range(min(100, n - i))))
     await asyncio.sleep(hold)
     stats = Stats()
     await scrape_keep_alive(port, 20, time.monotonic() + 2, stats)
     rss, peak = rss_mb(pid)
     out = {"opened": len(conns), "failed": failed, "threads": threads(pid), "rss": rss, "peak": peak,
            "scrape_p99": pct(stats.latencies, 0.99), "scrape_errors": sum(stats.errors.values())}
+    await asyncio.sleep(0)
     closed_by_server = sum(1 for r, _ in conns if r.at_eof())
     out["closed_by_server"] = closed_by_server
     for _, w in conns:
@@ -196,14 +208,17 @@ def measure(name: str, cwd: Path, args: argparse.Namespace) -> None:
     port = free_port()
     with exporter(cwd, port) as proc:
         base_rss, _ = rss_mb(proc.pid)
+        cpu0 = cpu_seconds(proc.pid)
         stats, reopened = asyncio.run(load_phase(port, args.seconds, args.rate))
+        cpu = cpu_seconds(proc.pid) - cpu0
         load_rss, load_peak = rss_mb(proc.pid)
         lat = stats.latencies
         errors = sum(stats.errors.values())
         detail = ", ".join(f"{k} {v}" for k, v in sorted(stats.errors.items())) or "-"
         print(f"| {name} | load | {len(lat)} | {pct(lat, 0.5) * 1e3:.1f} | {pct(lat, 0.99) * 1e3:.1f} | "
               f"{max(lat, default=float('nan')) * 1e3:.1f} | {errors} ({detail}) | {threads(proc.pid)} | "
-              f"{base_rss:.0f} -> {load_rss:.0f} (peak {load_peak:.0f}) | slow reopened {reopened} |", flush=True)
+              f"{base_rss:.0f} -> {load_rss:.0f} (peak {load_peak:.0f}) | server CPU {cpu / args.seconds:.2f} cores, "
+              f"{cpu / max(1, len(lat)) * 1e3:.2f} ms/scrape; slow clients reconnected {reopened}x |", flush=True)
         idle = asyncio.run(idle_phase(port, args.idle, args.idle_seconds, proc.pid))
         print(f"| {name} | {idle['opened']} idle | - | - | {idle['scrape_p99'] * 1e3:.1f} (p99 with idle open) | - | "
               f"{idle['scrape_errors'] + idle['failed']} (connect failures {idle['failed']}) | {idle['threads']} | "

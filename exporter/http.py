@@ -562,7 +562,8 @@ class Server:
                                    f"{type(e).__name__}: {e}") from None
             except _Refused as r:
                 self.bad.add(r.reason, peer, str(r), quiet=r.reason == "timeout")
-                await self._write(writer, r.response, None)
+                if await self._write(writer, r.response, None):
+                    await self._linger(reader, writer)
                 return
             if req.body_pending:
                 resp.close = True  # the unread body must not be parsed as the next request
@@ -575,7 +576,24 @@ class Server:
             if not await self._write(writer, resp, req):
                 return
             if not keep:
+                if req.body_pending:
+                    await self._linger(reader, writer)
                 return
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Close after an error without a reset: stop writing, read away what the client still sends (briefly),
+        so the client reads our answer instead of losing it to a TCP RST (Go's server does the same)."""
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if writer.can_write_eof():
+                writer.write_eof()
+        drained = 0
+        with contextlib.suppress(TimeoutError, ConnectionError, OSError):
+            async with asyncio.timeout(1.0):
+                while drained < 4 * self.limits.body_bytes:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
 
     async def _write(self, writer: asyncio.StreamWriter, resp: Response, req: Request | None) -> bool:
         web = self.site.web
