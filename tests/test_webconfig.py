@@ -228,10 +228,11 @@ def test_the_verdict_cache_evicts_by_age_and_keeps_the_busy_entries():
 def test_a_flood_of_wrong_passwords_does_not_evict_prometheus(tmp_path):
     web = load(_users_config(tmp_path, prometheus="s3cret"))
     web.bcrypt_duty = 1.0
+    web.cache = VerdictCache(max_entries=100)  # the same policy as the default 1,024, with fewer bcrypt runs
     assert web.check("prometheus", b"s3cret")
-    for i in range(1100):
+    for i in range(300):
         web.check("prometheus", b"guess-%d" % i)
-        if i % 100 == 0:
+        if i % 20 == 0:
             assert web.cached("prometheus", b"s3cret") is True
 
 
@@ -276,7 +277,7 @@ _FRAGMENTS = {
          r.choice(["TLS13", "TLS10", "tls12", 1.2, None, [], ["x"], True, "RequireAndVerifyClientCert",
                    str(p["ca"]), "-----BEGIN CERTIFICATE-----\nxx\n-----END CERTIFICATE-----\n", {"a": 1}])}]),
     "basic_auth_users": lambda r, p: r.choice([
-        None, [], "x", {"u": "$2y$10$" + "".join(r.choice("./ab0") for _ in range(r.choice([52, 53, 54])))},
+        None, [], "x", {"u": "$2y$04$" + "".join(r.choice("./ab0") for _ in range(r.choice([52, 53, 54])))},
         {r.choice(["u", 1, "", "a:b", None]): r.choice(["$2b$04$" + "a" * 53, "pw", 7, None, ["x"]])}]),
     "http_server_config": lambda r, p: r.choice([
         None, [], {"http2": r.choice([True, "yes", 1])}, {"headers": r.choice([
