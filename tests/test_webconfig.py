@@ -296,7 +296,7 @@ def _generated_configs(pki, n: int, seed: int):
         if kind < 0.08:
             yield bytes(r.randrange(256) for _ in range(r.randint(0, 60)))
         elif kind < 0.12:
-            yield b"a: " + b"[" * r.randint(1, 5000)
+            yield b"a: " + b"[" * r.randint(1, 1200)
         elif kind < 0.15:
             yield r.choice([b"- 1\n- 2\n", b"!!python/object:os.system x", b"a: *b", b"\xff\xfe", b"{{{", b"~"])
         else:
