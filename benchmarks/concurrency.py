@@ -4,11 +4,11 @@
 
 Phase 1, for --seconds: 50 clients that open a new connection per scrape and 50 keep-alive clients (as Prometheus
 scrapes), each at --rate scrapes/s from a random phase, while 200 slow clients hold half-sent requests open
-(reopened when the server closes them). Phase 2: --idle idle connections held open, then scrapes. Prints scrape
-latency p50/p99/max, errors (5 s timeouts, resets, non-200), threads, RSS and server CPU. The baseline is the
-exporter at --baseline-ref (default: the stdlib server with backlog 5), run from a temporary git worktree.
-Targets on a 2-core machine: 0 errors, p99 < 50 ms, RSS < 128 MiB (the DaemonSet's limit) with 2,000 idle
-connections. Everything runs on 127.0.0.1; asserts nothing.
+(reopened when the server closes them). Phase 2: 20 clients send 99 header lines of 65 KB each. Phase 3: --idle
+idle connections held open, then scrapes. Prints scrape latency p50/p99/max, errors (5 s timeouts, resets,
+non-200), threads, RSS and server CPU. The baseline is the exporter at --baseline-ref (default: the stdlib server
+with backlog 5), run from a temporary git worktree. Targets on a 2-core machine: 0 errors, p99 < 50 ms,
+RSS < 128 MiB (the DaemonSet's limit) with 2,000 idle connections. Everything runs on 127.0.0.1; asserts nothing.
 """
 
 from __future__ import annotations
@@ -195,6 +195,31 @@ async def idle_phase(port: int, n: int, hold: float, pid: int) -> dict:
     return out
 
 
+async def header_flood(port: int, pid: int, conns: int = 20, lines: int = 99) -> dict:
+    """Clients that send 99 header lines of 65 KB each and never finish the request (issue 15, item 2)."""
+    refused = 0
+
+    async def one() -> None:
+        nonlocal refused
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
+            for i in range(lines):
+                writer.write(b"X-Flood-%d: " % i + b"a" * 65000 + b"\r\n")
+                await asyncio.wait_for(writer.drain(), CLIENT_TIMEOUT)
+            await asyncio.sleep(3)  # hold the half-sent request
+            writer.close()
+        except (OSError, TimeoutError):
+            refused += 1
+
+    await asyncio.gather(*(one() for _ in range(conns)))
+    stats = Stats()
+    await scrape_keep_alive(port, 20, time.monotonic() + 1, stats)
+    rss, peak = rss_mb(pid)
+    return {"refused": refused, "rss": rss, "peak": peak, "scrape_errors": sum(stats.errors.values()),
+            "scrapes": len(stats.latencies)}
+
+
 @contextlib.contextmanager
 def exporter(cwd: Path, port: int):
     env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true", "PYTHONPATH": str(cwd)}
@@ -229,6 +254,10 @@ def measure(name: str, cwd: Path, args: argparse.Namespace) -> None:
               f"{max(lat, default=float('nan')) * 1e3:.1f} | {errors} ({detail}) | {threads(proc.pid)} | "
               f"{base_rss:.0f} -> {load_rss:.0f} (peak {load_peak:.0f}) | server CPU {cpu / args.seconds:.2f} cores, "
               f"{cpu / max(1, len(lat)) * 1e3:.2f} ms/scrape; slow clients reconnected {reopened}x |", flush=True)
+        flood = asyncio.run(header_flood(port, proc.pid))
+        print(f"| {name} | header flood | {flood['scrapes']} | - | - | - | {flood['scrape_errors']} | "
+              f"{threads(proc.pid)} | {flood['rss']:.0f} (peak {flood['peak']:.0f}) | 20 clients x 99 x 65 KB header "
+              f"lines: {flood['refused']} cut off by the server |", flush=True)
         idle = asyncio.run(idle_phase(port, args.idle, args.idle_seconds, proc.pid))
         print(f"| {name} | {idle['opened']} idle | - | - | {idle['scrape_p99'] * 1e3:.1f} (p99 with idle open) | - | "
               f"{idle['scrape_errors'] + idle['failed']} (connect failures {idle['failed']}) | {idle['threads']} | "
