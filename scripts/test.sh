@@ -12,6 +12,7 @@ PY=${PYTHON:-python3}
 # command -> Debian package
 tools=(prometheus:prometheus prometheus-alertmanager:prometheus-alertmanager
        prometheus-node-exporter:prometheus-node-exporter openssl:openssl
+       ss:iproute2  # ss: tests/test_http_hardening.py reads the listen backlog
        gcc:gcc  # gcc builds the stand-in libhlml.so (tests/fakes/libhlml) the real pyhlml loads
        victoria-metrics:victoria-metrics)  # brings vmalert (tests/test_global_stack.py)
 if [ "$GAUDI_TEST_CONTAINER" = 1 ]; then
