@@ -11,7 +11,7 @@ from exporter.accounting import Accountant
 from exporter.backends.base import BackendUnavailable
 from exporter.config import ConfigError, Settings, node_name
 from exporter.exposition import Renderer
-from exporter.http import Site, parse_listen_address, raise_fd_limit, serve
+from exporter.http import BadRequests, Site, parse_listen_address, raise_fd_limit, serve
 from exporter.known_devices import KnownDevices
 from exporter.loop import Loop
 from exporter.signals import install_signal_handlers
@@ -143,6 +143,8 @@ def run(settings: Settings) -> int:
         loop = build_market(settings, stop)
     else:
         loop, tracker, closers = build_node(settings, stop)
+    bad = BadRequests()  # gaudi_exporter_http_bad_requests_total, in the exposition from the first tick on
+    loop.renderer.registry.register(bad)
     loop.tick()  # the first scrape already has data
     site = Site(
         telemetry_path=settings["web.telemetry_path"],
@@ -156,11 +158,10 @@ def run(settings: Settings) -> int:
     )
     raise_fd_limit()
     try:
-        server, _ = serve(settings["web.listen_address"], site)
+        server, _ = serve(settings["web.listen_address"], site, bad=bad)
     except OSError as e:
         raise StartupError(f"cannot listen on {settings['web.listen_address']}: {e.strerror}") from e
     servers.append(server)
-    loop.renderer.registry.register(server.bad)  # gaudi_exporter_http_bad_requests_total, rendered each tick
     scheme = "https" if web and web.ssl_context else "http"
     host, port, _ = parse_listen_address(settings["web.listen_address"])
     log.info("gaudi-exporter %s listening on %s://%s:%d%s (mode %s, backend %s, interval %gs)", __version__,

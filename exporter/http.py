@@ -323,9 +323,9 @@ def _san_values(cert: dict) -> set[str]:
 class Server:
     """The listening socket and the event loop serving it, in one daemon thread."""
 
-    def __init__(self, sock: socket.socket, site: Site, limits: Limits) -> None:
+    def __init__(self, sock: socket.socket, site: Site, limits: Limits, bad: BadRequests | None = None) -> None:
         self.socket, self.site, self.limits = sock, site, limits
-        self.bad = BadRequests()
+        self.bad = bad or BadRequests()
         self.server_address = sock.getsockname()
         self._loop = asyncio.new_event_loop()
         self._loop.set_exception_handler(self._loop_exception)
@@ -748,7 +748,8 @@ def raise_fd_limit() -> None:
         pass
 
 
-def serve(address: str, site: Site, limits: Limits | None = None) -> tuple[Server, threading.Thread]:
+def serve(address: str, site: Site, limits: Limits | None = None,
+          bad: BadRequests | None = None) -> tuple[Server, threading.Thread]:
     limits = limits or Limits()
     host, port, family = parse_listen_address(address)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -759,5 +760,5 @@ def serve(address: str, site: Site, limits: Limits | None = None) -> tuple[Serve
     except OSError:
         sock.close()
         raise
-    server = Server(sock, site, limits)
+    server = Server(sock, site, limits, bad)
     return server, server.start()
