@@ -16,7 +16,6 @@ How far the engines may differ, and why (docs/deploy.md, "MetricsQL and our wind
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import queue
@@ -27,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -323,21 +321,6 @@ def test_a_cluster_that_stops_sending_is_reported_absent_by_name_in_the_global_v
         prom2.send_signal(signal.SIGCONT)
 
 
-@contextlib.contextmanager
-def _victoria_metrics(tmp: Path, *flags: str) -> Iterator[str]:
-    port = procs.free_port()
-    proc = subprocess.Popen(["victoria-metrics", f"-storageDataPath={tmp / 'vm'}", f"-httpListenAddr=127.0.0.1:{port}",
-                             "-retentionPeriod=100y", "-search.latencyOffset=0s", "-loggerLevel=WARN", *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_http(base + "/health", proc=proc)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.mark.parametrize("dedup", [True, False], ids=["deduplicated", "not deduplicated"])
 def test_an_ha_pair_counts_once_with_the_documented_victoria_metrics_flags(tmp_path, dedup):
     """docs/deploy.md's recipe for an HA Prometheus pair on VictoriaMetrics: drop the replica label at ingestion
@@ -349,7 +332,7 @@ def test_an_ha_pair_counts_once_with_the_documented_victoria_metrics_flags(tmp_p
     lines = [f'gaudi_node_cost_usd_total{{cluster="c1",job="gaudi-exporter",prometheus_replica="{r}"}} '
              f"{i * 0.1:.1f} {(start + i * 30 + offset) * 1000}"
              for r, offset in (("a", 0), ("b", 7)) for i in range(100)]  # the replicas scrape 7 s apart
-    with _victoria_metrics(tmp_path, *flags) as vm:
+    with procs.victoria_metrics(tmp_path / "vm", *flags) as vm:
         requests.post(vm + "/api/v1/import/prometheus", data="\n".join(lines) + "\n", timeout=10).raise_for_status()
         requests.get(vm + "/internal/force_flush", timeout=10).raise_for_status()
         at = start + 99 * 30 + 10

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,21 +85,6 @@ def exposition(nodes: list[Node], t0: float) -> str:
     return "\n".join(lines) + "\n# EOF\n"
 
 
-@contextlib.contextmanager
-def victoria_metrics(data: Path) -> Iterator[str]:
-    port = procs.free_port()
-    proc = subprocess.Popen(["victoria-metrics", f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}",
-                             "-retentionPeriod=100y", "-search.latencyOffset=0s", "-search.disableCache",
-                             "-loggerLevel=WARN"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        procs.wait_http(base + "/health", proc=proc)
-        yield base
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def backfill(text: str, data: Path) -> None:
     src = data.parent / f"backfill-{time.monotonic_ns()}.om"
     src.write_text(text)
@@ -147,7 +131,7 @@ def scenario(tmp: Path) -> Iterator[dict]:
     with backfill_helpers.serve(tmp / "prom") as prom:
         recorded = increments(prom, cluster_expr, first, last)
     backfill(recorded, tmp / "prom")  # a second set of blocks: Prometheus loads them at start
-    with backfill_helpers.serve(tmp / "prom") as prom, victoria_metrics(tmp / "vm") as vm:
+    with backfill_helpers.serve(tmp / "prom") as prom, procs.victoria_metrics(tmp / "vm", "-search.disableCache") as vm:
         vm_import(vm, raw)
         vm_import(vm, recorded)
         yield {"prom": prom, "vm": vm, "nodes": nodes, "at": last, "budgets": budgets, "cluster_expr": cluster_expr,

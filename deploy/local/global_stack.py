@@ -277,22 +277,7 @@ def build_rules(python: str, run_dir: Path, args: argparse.Namespace) -> list[Pa
 
     t = yaml.safe_load(Path(args.thresholds or REPO / "alerts" / "thresholds.yaml").read_text())
     if args.alert_for:
-        def is_for(key, value) -> bool:
-            return (key == "for" or key.endswith("_for")) and isinstance(value, str)
-
-        def durations(node) -> list[str]:
-            if isinstance(node, dict):
-                return [d for k, v in node.items() for d in ([v] if is_for(k, v) else durations(v))]
-            return []
-
-        new = demo.shortened(durations(t), args.alert_for)
-
-        def shorten(node):
-            if isinstance(node, dict):
-                return {k: (new[v] if is_for(k, v) else shorten(v)) for k, v in node.items()}
-            return node
-
-        t = shorten(t)
+        t = demo.shorten_fors(t, args.alert_for)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "thresholds.yaml").write_text(yaml.safe_dump(t, sort_keys=False))
     step = ["--increment-step", args.increment_step] if args.increment_step else []

@@ -280,18 +280,8 @@ def shortened(durations: list[str], alert_for: str) -> dict[str, str]:
     return {d: f"{base + i}s" for i, d in enumerate(ranked)}
 
 
-def build_rules(python: str, out: Path, alert_for: str | None) -> list[Path]:
-    """The project's rules: alerts/build/*.yaml as built, or rebuilt with every `for` shortened to about
-    ``alert_for``."""
-    if alert_for is None:
-        files = sorted((REPO / "alerts" / "build").glob("*.yaml"))
-        if not files:
-            raise StackError("alerts/build/ holds no rule files: run `gaudi-exporter rules build`")
-        return files
-    import yaml  # the venv has it by now
-
-    thresholds = yaml.safe_load((REPO / "alerts" / "thresholds.yaml").read_text())
-
+def shorten_fors(thresholds: dict, alert_for: str) -> dict:
+    """The thresholds tree with every `for` duration (keys `for` and `*_for`) replaced as ``shortened`` says."""
     def is_for(key, value) -> bool:
         return (key == "for" or key.endswith("_for")) and isinstance(value, str)
 
@@ -307,8 +297,22 @@ def build_rules(python: str, out: Path, alert_for: str | None) -> list[Path]:
             return {k: (new[v] if is_for(k, v) else shorten(v)) for k, v in node.items()}
         return node
 
+    return shorten(thresholds)
+
+
+def build_rules(python: str, out: Path, alert_for: str | None) -> list[Path]:
+    """The project's rules: alerts/build/*.yaml as built, or rebuilt with every `for` shortened to about
+    ``alert_for``."""
+    if alert_for is None:
+        files = sorted((REPO / "alerts" / "build").glob("*.yaml"))
+        if not files:
+            raise StackError("alerts/build/ holds no rule files: run `gaudi-exporter rules build`")
+        return files
+    import yaml  # the venv has it by now
+
+    thresholds = shorten_fors(yaml.safe_load((REPO / "alerts" / "thresholds.yaml").read_text()), alert_for)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "thresholds.yaml").write_text(yaml.safe_dump(shorten(thresholds), sort_keys=False))
+    (out / "thresholds.yaml").write_text(yaml.safe_dump(thresholds, sort_keys=False))
     subprocess.run([python, "-m", "alerts.build", "--thresholds", str(out / "thresholds.yaml"), "--out",
                     str(out / "rules"), "--prometheusrule", str(out / "prometheusrule.yaml")], cwd=REPO,
                    check=True, stdout=subprocess.DEVNULL)

@@ -97,12 +97,12 @@ def prometheus(tmp: Path, targets: dict[str, list[str]], *, rule_files: list[Pat
 
 
 @contextlib.contextmanager
-def _serving(cmd: list[str], port: int) -> Iterator[str]:
-    """Start a Prometheus-style server, wait for /-/ready, stop it on the way out."""
+def _serving(cmd: list[str], port: int, ready: str = "/-/ready") -> Iterator[str]:
+    """Start a Prometheus-style server, wait for its readiness path, stop it on the way out."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_http(base + "/-/ready", proc=proc)
+        wait_http(base + ready, proc=proc)
         yield base
     finally:
         _stop(proc)
@@ -118,6 +118,16 @@ def alertmanager(tmp: Path, config: dict | str) -> Iterator[str]:
     with _serving([ALERTMANAGER, f"--config.file={tmp / 'alertmanager.yml'}", f"--storage.path={tmp / 'am'}",
                    f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=", "--log.level=warn"],
                   port) as base:
+        yield base
+
+
+@contextlib.contextmanager
+def victoria_metrics(data: Path, *flags: str) -> Iterator[str]:
+    """Run a single-node VictoriaMetrics on ``data`` that answers with what it holds now (no 30 s latency offset)."""
+    port = free_port()
+    with _serving(["victoria-metrics", f"-storageDataPath={data}", f"-httpListenAddr=127.0.0.1:{port}",
+                   "-retentionPeriod=100y", "-search.latencyOffset=0s", "-loggerLevel=WARN", *flags],
+                  port, ready="/health") as base:
         yield base
 
 
