@@ -50,7 +50,8 @@ def test_the_demo_names_its_price_explicitly():
     assert 'PRICE_ENTRY = "intel-tiber-bm-gnr-gaudi3-smc-2026"' in text
 
 
-def test_spot_collector_stays_failed_between_polls_until_imds_answers():
+def test_spot_collector_stays_failed_between_polls_until_imds_answers(monkeypatch):
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "false")  # scripts/test.sh sets it; this test's IMDS is ours
     t = [1000.0]
     closed = procs.free_port()  # nothing listens: connection refused at once
     imds = Imds(endpoint=f"http://127.0.0.1:{closed}", timeout=0.5)
