@@ -82,6 +82,17 @@ def record(prom: str, groups: list[dict], start: int, end: int, out: Path, *, ti
     return out / "blocks"
 
 
+def record_passes(data: Path, passes: list[list[dict]], start: int, end: int, work: Path) -> int:
+    """Record each pass of rule groups over [start, end] into ``data``, one pass after the other, so that a pass
+    reads the series the passes before it recorded; returns the number of blocks added."""
+    added = 0
+    for i, groups in enumerate(passes):
+        with serve(data) as prom:
+            out = record(prom, groups, start, end, work / f"pass{i}")
+        added += add_blocks(out, data)
+    return added
+
+
 def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
