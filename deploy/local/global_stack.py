@@ -134,8 +134,10 @@ def run(args: argparse.Namespace) -> int:
     if prices and len(prices) != len(clusters):
         raise demo.StackError(f"--usd-per-hour: {len(prices)} prices for {len(clusters)} clusters")
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # as in stack.py: Ctrl-C, SIGTERM, SIGHUP and a closed output (demo.CONSOLE) only set `stop`
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
+    demo.CONSOLE.on_closed = stop.set
     run_dir = Path(args.run_dir) if args.run_dir else Path(tempfile.mkdtemp(prefix="gaudi-global-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     stack = demo.Stack(run_dir)
@@ -206,21 +208,21 @@ def run(args: argparse.Namespace) -> int:
         ready["vmalert"] = urls["vmalert"] + "/-/ready"
         log(f"starting {len(clusters)} clusters, VictoriaMetrics, vmalert and Alertmanager in {run_dir}")
         demo.wait_ready(stack, ready, timeout=90, stop=stop)
-        print(f"\ngaudi-exporter global view is up ({len(clusters)} clusters, profile {args.profile}); logs and data "
+        say(f"\ngaudi-exporter global view is up ({len(clusters)} clusters, profile {args.profile}); logs and data "
               f"in {run_dir}")
         for name in global_parts:
-            print(f"  URL {name:<20} {urls[name]}")
+            say(f"  URL {name:<20} {urls[name]}")
         for i, c in enumerate(clusters):
             entry, model, list_price = HARDWARE[i % len(HARDWARE)]
             price = f"{prices[i]:g} USD/h (--usd-per-hour)" if prices else f"{list_price} USD/h ({entry})"
-            print(f"  cluster {c}: 8 simulated {model} HPUs at {price}")
+            say(f"  cluster {c}: 8 simulated {model} HPUs at {price}")
             for part in ("exporter", "market", "prometheus"):
-                print(f"  URL {c + '-' + part:<20} {urls[f'{c}-{part}']}")
-        print(f"What to look at:\n"
+                say(f"  URL {c + '-' + part:<20} {urls[f'{c}-{part}']}")
+        say(f"What to look at:\n"
               f"  {urls['victoria-metrics']}/vmui   query all clusters, e.g. sum by (cluster) "
               f"(cluster:gaudi_node_cost_usd_per_hour:rate5m)\n"
               f"  {urls['vmalert']}/vmalert/groups   the project's alerts evaluated globally\n"
-              f"Ctrl-C stops everything.", flush=True)
+              f"Ctrl-C stops everything.")
         log("ready")
         deadline = time.monotonic() + args.duration if args.duration else None
         next_status = time.monotonic() + args.status_every
@@ -244,13 +246,15 @@ def run(args: argparse.Namespace) -> int:
         log("stopping")
         # the senders first, while the global side still takes their last remote writes (a Prometheus whose
         # remote_write target is gone retries until its flush deadline before it exits)
-        stop_parts(stack, [n for n in stack.procs if n.startswith(tuple(clusters)) or n == "vmalert"])
-        stack.stop()
-        if receiver is not None:
-            receiver.shutdown()
-            receiver.server_close()
-        if not args.run_dir and not args.keep:
-            shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            stop_parts(stack, [n for n in stack.procs if n.startswith(tuple(clusters)) or n == "vmalert"])
+            stack.stop()
+        finally:
+            if receiver is not None:
+                receiver.shutdown()
+                receiver.server_close()
+            if not args.run_dir and not args.keep:
+                shutil.rmtree(run_dir, ignore_errors=True)
         log("stopped")
 
 
@@ -287,8 +291,13 @@ def build_rules(python: str, run_dir: Path, args: argparse.Namespace) -> list[Pa
     return sorted((run_dir / "rules").glob("*.yaml"))
 
 
+def say(text: str) -> None:
+    """Terminal output through the demo's console: a closed output stops the stack instead of raising."""
+    demo.CONSOLE.write(text + "\n")
+
+
 def log(msg: str) -> None:
-    print(f"[global] {msg}", flush=True)
+    say(f"[global] {msg}")
 
 
 def main(argv: list[str] | None = None) -> int:
